@@ -1,0 +1,1 @@
+"""Deployment: GABFusion fold and export of quantized detectors."""

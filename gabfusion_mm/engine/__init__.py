@@ -1,0 +1,3 @@
+"""Engine components (hooks); importing this package registers them."""
+
+from . import hooks  # noqa: F401

@@ -1,0 +1,1 @@
+"""algorithms registered in the OpenMMLab registries."""

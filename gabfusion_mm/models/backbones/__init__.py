@@ -1,0 +1,1 @@
+"""backbones registered in the OpenMMLab registries."""

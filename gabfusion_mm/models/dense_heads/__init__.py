@@ -1,0 +1,1 @@
+"""dense heads registered in the OpenMMLab registries."""

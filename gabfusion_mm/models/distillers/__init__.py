@@ -1,0 +1,1 @@
+"""distillers registered in the OpenMMLab registries."""

@@ -1,0 +1,1 @@
+"""fake quants registered in the OpenMMLab registries."""

@@ -1,0 +1,1 @@
+"""layers registered in the OpenMMLab registries."""

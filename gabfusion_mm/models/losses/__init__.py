@@ -1,0 +1,1 @@
+"""losses registered in the OpenMMLab registries."""

@@ -1,0 +1,1 @@
+"""necks registered in the OpenMMLab registries."""

@@ -1,0 +1,1 @@
+"""quantizers registered in the OpenMMLab registries."""

@@ -1,0 +1,1 @@
+"""task modules registered in the OpenMMLab registries."""
