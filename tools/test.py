@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 
 from _launch import prepare_launcher, set_local_rank_env
 
@@ -95,7 +96,9 @@ def main() -> None:
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must end with .pkl, got {args.out}')
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out)
+        )
 
     runner.test()
 

@@ -11,10 +11,11 @@ import argparse
 import os
 import os.path as osp
 
-import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 
 from _launch import prepare_launcher, set_local_rank_env
 
