@@ -1,1 +1,3 @@
 """losses registered in the OpenMMLab registries."""
+
+from .ada_loss import ADALoss  # noqa: F401
