@@ -1,0 +1,139 @@
+"""Run a sequence of tool invocations that skip finished work.
+
+Each stage runs one command (usually ``tools/train.py`` or ``tools/test.py``)
+in a subprocess and is finished when its marker file exists. The marker is
+written atomically after the command exits with status 0, so a run killed at
+any point reruns only the unfinished stage; training stages pass
+``--resume`` so they continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmengine.logging import print_log
+
+from gabfusion_mm.compat import atomic_write_bytes
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline.
+
+    Args:
+        name (str): Unique stage name; also the marker file name.
+        command (Sequence[str]): Command and arguments, run from the
+            repository root.
+        work_dir (Path): Folder of the stage's outputs.
+        after (Callable[[], dict] | None): Called after a successful run;
+            its dict is stored in the marker and returned on later runs.
+    """
+
+    name: str
+    command: Sequence[str]
+    work_dir: Path
+    after: Callable[[], dict] | None = None
+    result: dict = field(default_factory=dict)
+
+
+class StageRunner:
+    """Run stages in order, skipping those with a marker file.
+
+    Args:
+        root (Path): Pipeline work directory; markers go to ``root/stages``.
+        repo_root (Path): Folder the commands run from.
+    """
+
+    def __init__(self, root: Path, repo_root: Path) -> None:
+        self.root = Path(root)
+        self.repo_root = Path(repo_root)
+        self.marker_dir = self.root / 'stages'
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+
+    def marker(self, stage: Stage) -> Path:
+        return self.marker_dir / f'{stage.name}.json'
+
+    def run(self, stage: Stage) -> dict:
+        """Run ``stage`` unless finished; return its stored result."""
+        marker = self.marker(stage)
+        if marker.is_file():
+            stage.result = json.loads(marker.read_text())
+            print_log(
+                f'[{stage.name}] finished earlier, skipped', logger='current'
+            )
+            return stage.result
+
+        stage.work_dir.mkdir(parents=True, exist_ok=True)
+        log_file = stage.work_dir / f'{stage.name}.stdout.log'
+        print_log(
+            f'[{stage.name}] running: {" ".join(map(str, stage.command))}\n'
+            f'[{stage.name}] output: {log_file}',
+            logger='current',
+        )
+        start = time.monotonic()
+        self._stream(stage, log_file)
+        elapsed = time.monotonic() - start
+
+        result = stage.after() if stage.after is not None else {}
+        result['seconds'] = round(elapsed, 1)
+        atomic_write_bytes(json.dumps(result, indent=2).encode(), str(marker))
+        stage.result = result
+        print_log(
+            f'[{stage.name}] done in {elapsed / 60:.1f} min', logger='current'
+        )
+        return result
+
+    def _stream(self, stage: Stage, log_file: Path) -> None:
+        """Run the command, echo its output and keep a copy in a log."""
+        env = dict(os.environ)
+        env['PYTHONPATH'] = os.pathsep.join(
+            [str(self.repo_root), env.get('PYTHONPATH', '')]
+        )
+        with open(log_file, 'a', encoding='utf-8') as log:
+            proc = subprocess.Popen(
+                [str(c) for c in stage.command],
+                cwd=self.repo_root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if _worth_echoing(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            code = proc.wait()
+        if code != 0:
+            raise RuntimeError(
+                f'stage {stage.name} failed with exit code {code}; see '
+                f'{log_file}. Rerunning resumes from this stage.'
+            )
+
+
+def _worth_echoing(line: str) -> bool:
+    """Keep the console to progress and metric lines of mmengine logs."""
+    keys = ('Epoch(', 'Iter(', 'bbox_mAP', 'Error', 'error:', 'Saving')
+    return any(key in line for key in keys)
+
+
+def read_test_metrics(work_dir: Path) -> dict:
+    """Return the metrics JSON that ``tools/test.py`` wrote last.
+
+    Raises:
+        FileNotFoundError: if ``work_dir`` holds no metrics file.
+    """
+    candidates = sorted(Path(work_dir).glob('*/*.json'))
+    candidates = [p for p in candidates if p.stem == p.parent.name]
+    if not candidates:
+        raise FileNotFoundError(f'no test metrics JSON under {work_dir}')
+    return json.loads(candidates[-1].read_text())
