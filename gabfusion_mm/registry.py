@@ -21,10 +21,9 @@ def register_all_modules(init_default_scope: bool = True) -> None:
             registry scope, as ``mmdet.utils.register_all_modules`` does.
             Defaults to True.
     """
-    from mmdet.utils import register_all_modules as register_mmdet
-
     import mmrazor.engine  # noqa: F401
     import mmrazor.models  # noqa: F401
+    from mmdet.utils import register_all_modules as register_mmdet
 
     register_mmdet(init_default_scope=init_default_scope)
     for name in _COMPONENT_MODULES:
