@@ -1,1 +1,15 @@
-"""layers registered in the OpenMMLab registries."""
+"""Layers registered in the OpenMMLab registries."""
+
+from .channel_affine_fit import AffineFitResult, ChannelAffineFit
+from .channel_layer_norm import ChannelLayerNorm
+from .gab_fusion import FUSION_MODES, NORM_INITS, GABFusion, build_fusion
+
+__all__ = [
+    'FUSION_MODES',
+    'NORM_INITS',
+    'AffineFitResult',
+    'ChannelAffineFit',
+    'ChannelLayerNorm',
+    'GABFusion',
+    'build_fusion',
+]

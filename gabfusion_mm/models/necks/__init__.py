@@ -1,1 +1,5 @@
 """necks registered in the OpenMMLab registries."""
+
+from .gab_cspnext_pafpn import GABCSPNeXtPAFPN  # noqa: F401
+from .gab_yolov3_neck import GABYOLOV3Neck  # noqa: F401
+from .gab_yolox_pafpn import GABYOLOXPAFPN  # noqa: F401
