@@ -1,0 +1,9 @@
+# YOLOv5s on COCO 2017 with GABFusion (Wang and Wang, arXiv 2511.05898) at
+# the four PAN concatenations, branch weights learned by backpropagation
+# (the paper's first version). QAT configs inherit this one.
+_base_ = ['./yolov5_s_8xb8-300e_coco.py']
+
+model = dict(neck=dict(fusion_cfg=dict(mode='learnable')))
+
+# GABFusionHook logs the branch weights and gradient balance.
+custom_hooks = [*_base_.custom_hooks, dict(type='GABFusionHook')]
