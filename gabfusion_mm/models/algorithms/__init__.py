@@ -1,1 +1,3 @@
 """algorithms registered in the OpenMMLab registries."""
+
+from .detector_qat import DetectorQAT  # noqa: F401
