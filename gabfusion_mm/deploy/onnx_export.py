@@ -13,8 +13,11 @@ torch's and mmrazor's fake quantizers, from ``calculate_qparams``.
   them unchanged. Weight transforms such as DoReFa's ``tanh`` and BN
   folding during QAT are thereby exported as computed. DoReFa and N2UQ
   weight grids have no zero level: their ``2**bit`` levels are odd
-  multiples of half a step, which needs ``2**(bit+1) - 1`` integer codes,
-  so at 4 bits they use INT8.
+  multiples of half a step. Up to 7 bits they are stored as odd INT8 codes
+  (``2**(bit+1) - 1`` codes, a plain DequantizeLinear before the Conv that
+  an INT8 kernel runs as is), so at 4 bits these two quantizers use INT8,
+  not INT4. At 8 bits they become INT8 codes of twice the step with a
+  one-step offset (Sub/QDQ/Add, see below).
 * Activation quantizers are replaced by the same pair on the live tensor.
   An offset (LSQ+ ``beta``, PACT's lower bound) becomes the zero point
   when it is a whole number of steps and the zero point fits the

@@ -142,11 +142,18 @@ def qdq_spec(
     if offset is not None:
         offset = offset.detach().float().reshape(scale.shape)
 
+    quant_min, quant_max = int(params['quant_min']), int(params['quant_max'])
+    if _is_wide_odd_grid(quant_min, quant_max, zero, offset):
+        # 8-bit DoReFa or N2UQ weights: the 256 odd codes in [-255, 255]
+        # become codes -128..127 of twice the step, shifted by one step.
+        offset, scale = scale.clone(), scale * 2
+        quant_min, quant_max = -(quant_max + 1) // 2, (quant_max - 1) // 2
+
     spec = QDQSpec(
         scale=scale.clone(),
         zero_point=zero.clone(),
-        quant_min=int(params['quant_min']),
-        quant_max=int(params['quant_max']),
+        quant_min=quant_min,
+        quant_max=quant_max,
         axis=int(axis),
         offset=offset,
     )
@@ -155,6 +162,23 @@ def qdq_spec(
         return spec, 'none'
     spec = _fold_offset(spec)
     return spec, 'sub_add' if spec.offset is not None else 'zero_point'
+
+
+def _is_wide_odd_grid(
+    quant_min: int, quant_max: int, zero: Tensor, offset: Tensor | None
+) -> bool:
+    """Whether the grid is ``[-n, n]`` with odd ``n`` beyond 256 codes.
+
+    DoReFa and N2UQ weight quantizers report such grids; only their odd
+    codes occur, which the weight check confirms.
+    """
+    return (
+        quant_max - quant_min + 1 > 256
+        and quant_min == -quant_max
+        and quant_max % 2 == 1
+        and not bool(zero.any())
+        and offset is None
+    )
 
 
 def _torch_qparams(fake_quant: FakeQuantizeBase) -> dict:

@@ -62,6 +62,18 @@ CASES = {
         'INT8',
         'none',
     ),
+    'dorefa_w8': (
+        lambda: DoReFaWeightFakeQuantize(bit=8),
+        'weight',
+        'INT8',
+        'sub_add',
+    ),
+    'n2uq_w8': (
+        lambda: N2UQWeightFakeQuantize(bit=8),
+        'weight',
+        'INT8',
+        'sub_add',
+    ),
     'n2uq_w4': (
         lambda: N2UQWeightFakeQuantize(bit=4),
         'weight',
