@@ -1,0 +1,5 @@
+# + GABFusion + ADA arm: the GABFusion arm distilled from the float teacher
+# with ADA on the neck outputs.
+_base_ = ['./yolox_tiny_w4a4-lsq_gabfusion_coco128.py']
+
+model = dict(distiller=_base_.ada_distiller)
