@@ -16,6 +16,8 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
+from .autograd_functions import LSQFunction, N2UQFunction, PACTFunction
+
 _COMPILED: dict[str, Callable] = {}
 _COMPILE_FAILED: set[str] = set()
 _RECOMPILE_LIMIT = 64
@@ -199,7 +201,8 @@ def n2uq_quantize(
     reaches, i.e. ``q = floor(r(x) + 1/2)`` with ``r`` from
     :func:`n2uq_ramp`. The backward pass differentiates
     ``start + scale * r(x)`` with respect to ``x``, ``start`` and the
-    widths, and ``start + scale * q`` with respect to ``scale``.
+    widths, and ``start + scale * q`` with respect to ``scale``; it is
+    written out in :class:`N2UQFunction`.
 
     Args:
         x (Tensor): Input of any shape.
@@ -215,18 +218,19 @@ def n2uq_quantize(
     start = scale_grad(start, grad_factor)
     intervals = scale_grad(intervals, grad_factor)
     scale = scale_grad(scale, grad_factor)
-    ramp = n2uq_ramp(x, start, intervals)
-    level = torch.clamp(torch.floor(ramp.detach() + 0.5), 0, intervals.numel())
-    return start + scale * (level + (ramp - ramp.detach()))
+    return N2UQFunction.apply(x, start, intervals, scale)
 
 
 def get_kernel(fn: Callable, compiled: bool) -> Callable:
-    """Return ``fn`` itself or its ``torch.compile`` version.
+    """Return the fastest available implementation of ``fn``.
 
-    The compiled version fuses the elementwise chain into one kernel for
-    the forward and one for the backward pass. Compilation happens at the
-    first call. If it fails (for example without a C++ compiler), a warning
-    is logged once and the eager function is used from then on.
+    Eager: the autograd Function with a hand-written backward pass when
+    there is one (LSQ, PACT; N2UQ always uses one), else ``fn`` itself.
+    Compiled: ``torch.compile`` of ``fn``, which fuses the elementwise chain
+    into one kernel for the forward and one for the backward pass.
+    Compilation happens at the first call. If it fails (for example without
+    a C++ compiler), a warning is logged once and the eager implementation
+    is used from then on.
 
     Args:
         fn (Callable): One of the quantization functions of this module.
@@ -235,16 +239,42 @@ def get_kernel(fn: Callable, compiled: bool) -> Callable:
     Returns:
         Callable: A function with the signature of ``fn``.
     """
+    eager = _EAGER_KERNELS.get(fn.__name__, fn)
     if not compiled or fn.__name__ in _COMPILE_FAILED:
-        return fn
+        return eager
     kernel = _COMPILED.get(fn.__name__)
     if kernel is None:
-        kernel = _with_eager_fallback(fn)
+        kernel = _with_eager_fallback(fn, eager)
         _COMPILED[fn.__name__] = kernel
     return kernel
 
 
-def _with_eager_fallback(fn: Callable) -> Callable:
+def _lsq_eager(
+    x: Tensor,
+    scale: Tensor,
+    offset: Tensor | None,
+    quant_min: float,
+    quant_max: float,
+    grad_factor: float,
+) -> Tensor:
+    return LSQFunction.apply(
+        x, scale, offset, quant_min, quant_max, grad_factor
+    )
+
+
+def _pact_eager(
+    x: Tensor, lower: Tensor, upper: Tensor, num_steps: int
+) -> Tensor:
+    return PACTFunction.apply(x, lower, upper, num_steps)
+
+
+_EAGER_KERNELS: dict[str, Callable] = {
+    'lsq_quantize': _lsq_eager,
+    'pact_quantize': _pact_eager,
+}
+
+
+def _with_eager_fallback(fn: Callable, eager: Callable) -> Callable:
     # One function serves weights and activations, 1x1 and 3x3 kernels,
     # training and no-grad evaluation: more variants than dynamo's default
     # recompile limit of 8, beyond which it silently runs eager code.
@@ -258,7 +288,7 @@ def _with_eager_fallback(fn: Callable) -> Callable:
 
     def kernel(*args):
         if fn.__name__ in _COMPILE_FAILED:
-            return fn(*args)
+            return eager(*args)
         # A float argument would be specialized, so every new gradient
         # scale (one per tensor size) would trigger a recompilation.
         dtype = args[0].dtype
@@ -278,6 +308,6 @@ def _with_eager_fallback(fn: Callable) -> Callable:
                 logger='current',
                 level=30,
             )
-            return fn(*args)
+            return eager(*args)
 
     return kernel

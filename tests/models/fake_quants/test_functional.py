@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gabfusion_mm.models.fake_quants import functional as F
@@ -54,7 +55,8 @@ def test_compiled_kernels_match_eager():
         ),
     ]
     for fn, params, consts in cases:
-        eager_out, eager_grads = _grads(fn, x, params, *consts)
+        eager = F.get_kernel(fn, compiled=False)
+        eager_out, eager_grads = _grads(eager, x, params, *consts)
         kernel = F.get_kernel(fn, compiled=True)
         assert kernel is not fn
         assert fn.__name__ not in F._COMPILE_FAILED
@@ -65,5 +67,79 @@ def test_compiled_kernels_match_eager():
             assert torch.allclose(grad, eager_grad, atol=1e-5), fn.__name__
 
 
-def test_get_kernel_eager_returns_function():
-    assert F.get_kernel(F.pact_quantize, compiled=False) is F.pact_quantize
+def test_get_kernel_eager_kernels():
+    assert F.get_kernel(F.lsq_quantize, compiled=False) is F._lsq_eager
+    assert F.get_kernel(F.pact_quantize, compiled=False) is F._pact_eager
+    assert F.get_kernel(F.n2uq_quantize, compiled=False) is F.n2uq_quantize
+
+
+LSQ_CASES = {
+    'per-tensor': ((2, 3, 5, 5), (1,), False, -8.0, 7.0),
+    'offset': ((2, 3, 5, 5), (1,), True, 0.0, 15.0),
+    'per-channel': ((6, 3, 3, 3), (6, 1, 1, 1), False, -4.0, 3.0),
+    'single channel': ((1, 4, 1, 1), (1, 1, 1, 1), False, -128.0, 127.0),
+}
+
+
+@pytest.mark.parametrize('case', list(LSQ_CASES))
+def test_lsq_function_matches_formula(case):
+    x_shape, scale_shape, with_offset, qmin, qmax = LSQ_CASES[case]
+    torch.manual_seed(0)
+    x = torch.randn(x_shape, dtype=torch.float64)
+    params = [torch.rand(scale_shape, dtype=torch.float64) * 0.3 + 0.05]
+    if with_offset:
+        params.append(torch.full(scale_shape, -0.2, dtype=torch.float64))
+
+    def formula(x, scale, offset=None):
+        return F.lsq_quantize(x, scale, offset, qmin, qmax, 0.3)
+
+    def function(x, scale, offset=None):
+        return F._lsq_eager(x, scale, offset, qmin, qmax, 0.3)
+
+    expected_out, expected_grads = _grads(formula, x, params)
+    out, grads = _grads(function, x, params)
+    assert torch.equal(out, expected_out)
+    for grad, expected in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize('learn_lower', [True, False])
+def test_pact_function_matches_formula(learn_lower):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    upper = torch.tensor([1.1], dtype=torch.float64, requires_grad=True)
+    lower = torch.tensor([-0.25], dtype=torch.float64)
+    lower.requires_grad_(learn_lower)
+    upstream = torch.randn_like(x)
+    results = []
+    for fn in (F.pact_quantize, F._pact_eager):
+        x_in = x.clone().requires_grad_()
+        out = fn(x_in, lower, upper, 15)
+        inputs = [x_in, upper] + ([lower] if learn_lower else [])
+        grads = torch.autograd.grad((out * upstream).sum(), inputs)
+        results.append((out.detach(), grads))
+    (out, grads), (expected_out, expected_grads) = results
+    assert torch.equal(out, expected_out)
+    for grad, expected in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected, atol=1e-12)
+
+
+def test_failed_compile_falls_back_to_eager(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError('no C++ compiler')
+
+        return run
+
+    monkeypatch.setattr(F, '_COMPILED', {})
+    monkeypatch.setattr(F, '_COMPILE_FAILED', set())
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    x = torch.randn(4, 3)
+    scale = torch.tensor([0.5])
+    kernel = F.get_kernel(F.midrise_quantize, compiled=True)
+    out = kernel(x, scale, 16, 0.1)
+    assert torch.equal(out, F.midrise_quantize(x, scale, 16, 0.1))
+    assert 'midrise_quantize' in F._COMPILE_FAILED
+    assert F.get_kernel(F.midrise_quantize, compiled=True) is (
+        F.midrise_quantize
+    )

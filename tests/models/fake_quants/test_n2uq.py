@@ -13,6 +13,7 @@ from gabfusion_mm.models.fake_quants import (
     N2UQWeightFakeQuantize,
 )
 from gabfusion_mm.models.fake_quants.functional import n2uq_ramp
+from gabfusion_mm.models.fake_quants.autograd_functions import N2UQFunction
 
 
 def n2uq_reference(x, start, widths, scale, grad_factor, upstream):
@@ -215,3 +216,30 @@ def test_n2uq_weight_export_grid():
     assert bool((codes.round().remainder(2) == 1).all())
     assert codes.abs().max() <= qparams['quant_max'] + 1e-4
     assert qparams['ch_axis'] == 0
+
+
+def test_n2uq_backward_equals_surrogate_derivative():
+    # The hand-written backward must equal autograd through the surrogate
+    # start + scale * r(x), except for scale, whose gradient is the level.
+    torch.manual_seed(0)
+    x = (torch.rand(3, 50, dtype=torch.float64) * 3 - 1).requires_grad_()
+    start = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
+    widths = torch.tensor(
+        [0.3, 0.2, 0.5, 0.15, 0.4, 0.3, 0.25], dtype=torch.float64
+    ).requires_grad_()
+    scale = torch.tensor([0.35], dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 50, dtype=torch.float64)
+
+    out = N2UQFunction.apply(x, start, widths, scale)
+    grads = torch.autograd.grad((out * upstream).sum(), [x, start, widths])
+
+    ramp = n2uq_ramp(x, start, widths)
+    surrogate = start + scale.detach() * ramp
+    expected = torch.autograd.grad(
+        (surrogate * upstream).sum(), [x, start, widths]
+    )
+    for grad, reference in zip(grads, expected):
+        assert torch.allclose(grad, reference, atol=1e-10)
+
+    level = torch.floor(ramp.detach() + 0.5)
+    assert torch.allclose(out, start + scale * level)
