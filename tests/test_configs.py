@@ -43,3 +43,23 @@ def test_float_yolox_configs_build() -> None:
         assert type(model).__name__ == 'YOLOX'
         assert cfg.train_dataloader.dataset.type == 'CocoDataset'
         assert cfg.model.data_preprocessor.batch_augments is None
+
+
+def test_readme_neck_override_builds(tmp_path) -> None:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    config = tmp_path / 'yolox_tiny_gabfusion.py'
+    config.write_text(
+        "_base_ = ['mmdet::yolox/yolox_tiny_8xb8-300e_coco.py']\n"
+        'custom_imports = dict(imports=["gabfusion_mm"], '
+        'allow_failed_imports=False)\n'
+        "model = dict(neck=dict(type='GABYOLOXPAFPN', "
+        "fusion_cfg=dict(mode='learnable')))\n"
+        "custom_hooks = [dict(type='GABFusionHook')]\n"
+    )
+    cfg = Config.fromfile(str(config))
+    model = MODELS.build(cfg.model)
+    assert type(model.neck).__name__ == 'GABYOLOXPAFPN'
+    assert issubclass(type(model.neck), MODELS.get('YOLOXPAFPN'))
