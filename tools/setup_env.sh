@@ -37,6 +37,10 @@ link_data() {
             dir="$(dirname "$dir")"
         done
     fi
+    if [ -z "$candidate" ] && [ -d /work/shared/data/coco128 ]; then
+        # The shared data folder of this project's development machines.
+        candidate=/work/shared/data/coco128
+    fi
     if [ -n "$candidate" ] && [ -d "$candidate" ]; then
         ln -s "$candidate" data/coco128
         echo "setup: linked data/coco128 -> $candidate"
