@@ -57,7 +57,8 @@ def _gen():
 
 
 def _build(**kwargs) -> ADADistiller:
-    return MODELS.build(dict(type='ADADistiller', **kwargs))
+    # The scope is explicit: earlier tests may set 'mmdet' as the default.
+    return MODELS.build(dict(type='ADADistiller', _scope_='mmrazor', **kwargs))
 
 
 @pytest.mark.parametrize('level_reduction', ['mean', 'sum'])
