@@ -34,6 +34,7 @@ from gabfusion_mm.models.layers import ChannelLayerNorm, GABFusion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / 'configs/yolox/yolox_tiny_1xb8-100e_coco128.py'
+NOTES_HEADING = '## Notes'
 
 
 def layer_norm_contiguous(self: ChannelLayerNorm, x: Tensor) -> Tensor:
@@ -55,6 +56,25 @@ def layer_norm_var_mean(self: ChannelLayerNorm, x: Tensor) -> Tensor:
     return torch.addcmul(
         self.bias.view(1, -1, 1, 1), normalized, self.weight.view(1, -1, 1, 1)
     )
+
+
+def fusion_nhwc_concat(self: GABFusion, inputs: list[Tensor]) -> Tensor:
+    """Concatenate the scaled branches straight into NHWC memory."""
+    alpha = self.branch_logits.softmax(dim=0)
+    x = torch.cat(
+        [(a * f).permute(0, 2, 3, 1) for a, f in zip(alpha, inputs)], dim=-1
+    )
+    norm = self.norm
+    y = F.layer_norm(
+        x, norm.normalized_shape, norm.weight, norm.bias, norm.eps
+    )
+    return y.permute(0, 3, 1, 2)
+
+
+def patch_fusions(model: nn.Module, forward) -> None:
+    for module in model.modules():
+        if isinstance(module, GABFusion):
+            module.forward = types.MethodType(forward, module)
 
 
 def patch_norms(model: nn.Module, forward) -> None:
@@ -80,6 +100,7 @@ def build_variants(cfg: Config) -> dict[str, nn.Module]:
         'GAB feedback (grad norms)': dict(mode='feedback'),
         'GAB learnable, LN copied to NCHW': dict(mode='learnable'),
         'GAB learnable, LN via var_mean': dict(mode='learnable'),
+        'GAB learnable, concat into NHWC': dict(mode='learnable'),
     }
     models = {}
     for name, fusion_cfg in specs.items():
@@ -95,6 +116,8 @@ def build_variants(cfg: Config) -> dict[str, nn.Module]:
             patch_norms(model, layer_norm_contiguous)
         if 'var_mean' in name:
             patch_norms(model, layer_norm_var_mean)
+        if 'into NHWC' in name:
+            patch_fusions(model, fusion_nhwc_concat)
         model.train()
         models[name] = model
     return models
@@ -110,8 +133,12 @@ def make_batch(model: nn.Module, batch_size: int, size: int) -> dict:
     return model.data_preprocessor(packed, True)
 
 
-def train_step(model: nn.Module, optimizer, batch: dict) -> float:
+def train_step(
+    model: nn.Module, optimizer, batch: dict
+) -> tuple[float, float]:
+    """Run one step; return its wall time and process CPU time in seconds."""
     start = time.perf_counter()
+    start_cpu = time.process_time()
     losses = model.loss(batch['inputs'], batch['data_samples'])
     loss, _ = model.parse_losses(losses)
     optimizer.zero_grad()
@@ -122,7 +149,17 @@ def train_step(model: nn.Module, optimizer, batch: dict) -> float:
             norms = module.pop_grad_norms()
             if module.mode == 'feedback' and norms is not None:
                 module.feedback_update(norms)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def cpu_model() -> str:
+    """Return the processor name from /proc/cpuinfo, or a generic name."""
+    cpuinfo = Path('/proc/cpuinfo')
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    return platform.processor() or 'unknown CPU'
 
 
 def parse_args() -> argparse.Namespace:
@@ -147,14 +184,17 @@ def main() -> None:
     }
     batch = make_batch(next(iter(models.values())), args.batch_size, args.size)
 
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     for step in range(args.warmup + args.steps):
         for name, model in models.items():
-            elapsed = train_step(model, optimizers[name], batch)
+            elapsed, elapsed_cpu = train_step(model, optimizers[name], batch)
             if step >= args.warmup:
-                times[name].append(elapsed)
+                wall[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
 
-    stock = statistics.median(times['stock YOLOXPAFPN'])
+    stock_cpu = statistics.median(cpu['stock YOLOXPAFPN'])
+    stock_wall = min(wall['stock YOLOXPAFPN'])
     lines = [
         '# GABFusion neck: YOLOX-tiny train-step time',
         '',
@@ -163,25 +203,34 @@ def main() -> None:
         f'--steps {args.steps} --warmup {args.warmup} '
         f'--threads {args.threads}`',
         '',
-        f'Machine: {platform.machine()}, {platform.processor() or "cpu"}, '
-        f'torch {torch.__version__}, {args.threads} threads, Python '
+        f'Machine: {platform.machine()}, {cpu_model()}, '
+        f'torch {torch.__version__}, {args.threads} thread(s), Python '
         f'{sys.version.split()[0]}. One step: forward, loss, backward and '
         f'SGD update of YOLOX-tiny (mmdet config, batch {args.batch_size}, '
         f'{args.size}x{args.size}). Variants run round-robin in one '
-        f'process; median over {args.steps} steps after {args.warmup} '
-        f'warm-up rounds.',
+        f'process, {args.steps} steps each after {args.warmup} warm-up '
+        f'rounds. The machine is shared, so wall times include waits for '
+        f'other processes; the process CPU time per step (all threads) is '
+        f'the steadier measure, and the fastest wall time is the least '
+        f'disturbed one.',
         '',
-        '| variant | median s/step | min s/step | ratio to stock (median) |',
-        '| --- | --- | --- | --- |',
+        '| variant | median CPU s/step | ratio (median CPU) | '
+        'min wall s/step | ratio (min wall) | median wall s/step |',
+        '| --- | --- | --- | --- | --- | --- |',
     ]
-    for name, values in times.items():
-        median = statistics.median(values)
+    for name in models:
+        median_cpu = statistics.median(cpu[name])
+        min_wall = min(wall[name])
         lines.append(
-            f'| {name} | {median:.3f} | {min(values):.3f} | '
-            f'{median / stock:.3f} |'
+            f'| {name} | {median_cpu:.3f} | {median_cpu / stock_cpu:.3f} | '
+            f'{min_wall:.3f} | {min_wall / stock_wall:.3f} | '
+            f'{statistics.median(wall[name]):.3f} |'
         )
     text = '\n'.join(lines) + '\n'
     out = REPO_ROOT / args.out
+    # Hand-written notes below the table survive a rerun.
+    if out.is_file() and NOTES_HEADING in out.read_text():
+        text += '\n' + NOTES_HEADING + out.read_text().split(NOTES_HEADING)[1]
     out.write_text(text)
     print(text)
 

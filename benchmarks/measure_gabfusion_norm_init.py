@@ -1,12 +1,13 @@
 """Does fitting the LayerNorm to the plain concat help a GABFusion start?
 
-Loads a float checkpoint of the stock YOLOX neck into three models: the
-stock model, a GABFusion neck with the LayerNorm at weight 1 and bias 0
-(``norm_init='default'``), and one whose LayerNorm affine is fitted on the
-first training batch to reproduce the concatenation
-(``norm_init='identity'``). It reports how far each model's outputs are
-from the stock model's right after loading, and the training loss over a
-short continued float training on the same batches in the same order.
+Loads a float checkpoint of the stock YOLOX neck into three models. The
+first is the stock model. The second is a GABFusion neck with the LayerNorm
+at weight 1 and bias 0 (``norm_init='default'``). In the third the
+LayerNorm affine is fitted on the first training batch to reproduce the
+concatenation (``norm_init='identity'``). The script reports how far
+each model's outputs are from the stock model's right after loading, and
+the training loss over a short continued float training on the same
+batches in the same order.
 
 Usage:
     python benchmarks/measure_gabfusion_norm_init.py CHECKPOINT
@@ -33,6 +34,7 @@ from gabfusion_mm.deploy.fold_gabfusion import flatten_tensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = 'configs/yolox/yolox_tiny_1xb8-100e_coco128.py'
+NOTES_HEADING = '## Notes'
 ARMS = {
     'stock YOLOXPAFPN': None,
     "GAB learnable, norm_init='default'": 'default',
@@ -172,7 +174,11 @@ def main() -> None:
         values = ', '.join(f'{v:.2f}' for v in losses)
         lines.append(f'- {name}: {values}')
     text = '\n'.join(lines) + '\n'
-    (REPO_ROOT / args.out).write_text(text)
+    out = REPO_ROOT / args.out
+    # Hand-written notes below the results survive a rerun.
+    if out.is_file() and NOTES_HEADING in out.read_text():
+        text += '\n' + NOTES_HEADING + out.read_text().split(NOTES_HEADING)[1]
+    out.write_text(text)
     print(text)
 
 

@@ -1,12 +1,8 @@
 """Deployment: GABFusion fold and export of quantized detectors."""
 
-from .fold_gabfusion import (  # noqa: F401
-    FoldedNode,
-    FoldResult,
-    fold_gabfusion,
-    stock_model_config,
-)
+from .fold_gabfusion import FoldedNode, FoldResult, fold_gabfusion  # noqa: F401
 from .onnx_export import (  # noqa: F401
     build_quantized_detector,
     export_detector_onnx,
 )
+from .stock_config import stock_model_config  # noqa: F401

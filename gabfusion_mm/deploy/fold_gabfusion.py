@@ -7,7 +7,6 @@ unexpected keys. Deployment then has exactly the stock architecture.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,15 +18,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gabfusion_mm.models.layers import ChannelAffineFit, GABFusion
 
-# The fold's own arithmetic (float32 products of folded weights) may change
-# outputs by round-off only; a larger change means a consumer of the fused
-# tensor was not rewritten. Relative to the largest output magnitude.
+# Largest output change, relative to the largest output magnitude, that the
+# fold's own float32 arithmetic may cause. A larger change means that a
+# consumer of a fused tensor was not rewritten.
 FOLD_ROUNDING_TOLERANCE = 1e-4
 
 
 @dataclass
 class FoldedNode:
-    """What the fold did at one fusion node.
+    """Record of the fold at one fusion node.
 
     Attributes:
         alpha (list[float]): Frozen branch weights.
@@ -54,6 +53,8 @@ class FoldResult:
         max_abs_diff_rounding (float): Folded model against that affine
             model: the fold's own round-off.
         max_abs_output (float): Largest output magnitude before the fold.
+        relative_error (float): ``||folded - before|| / ||before||`` over
+            all outputs of all calibration batches (L2 norms).
         nodes (dict[str, FoldedNode]): Per fusion node, by module name.
     """
 
@@ -61,6 +62,7 @@ class FoldResult:
     max_abs_diff_affine: float = 0.0
     max_abs_diff_rounding: float = 0.0
     max_abs_output: float = 0.0
+    relative_error: float = 0.0
     nodes: dict[str, FoldedNode] = field(default_factory=dict)
 
 
@@ -96,10 +98,23 @@ def _max_diff(first: list[list[Tensor]], second: list[list[Tensor]]) -> float:
     return max(diffs, default=0.0)
 
 
+def _relative_error(
+    reference: list[list[Tensor]], other: list[list[Tensor]]
+) -> float:
+    squared_diff = 0.0
+    squared_ref = 0.0
+    for batch_ref, batch_other in zip(reference, other):
+        for ref, out in zip(batch_ref, batch_other):
+            squared_diff += (out.double() - ref.double()).square().sum().item()
+            squared_ref += ref.double().square().sum().item()
+    return (squared_diff / max(squared_ref, 1e-300)) ** 0.5
+
+
 def fold_gabfusion(
     model: nn.Module,
     calib_inputs: Sequence[Any],
     forward_fn: Callable[[nn.Module, Any], Any] = _default_forward,
+    sequential: bool = True,
 ) -> FoldResult:
     """Fold every non-concat GABFusion in ``model`` into its consumers.
 
@@ -107,12 +122,19 @@ def fold_gabfusion(
     ``x' = concat(alpha_i * F_i)``, the LayerNorm output is replaced by the
     per-channel affine ``a * x' + b`` that fits it best (least squares over
     all calibration pixels). Each consumer must be a 1x1 convolution with
-    no padding and one group; its weight becomes ``W * (a * alpha)`` per
-    input channel, and the constant ``W @ b`` goes into its bias or, for a
+    no padding and one group. Its weight becomes ``W * (a * alpha)`` per
+    input channel. The constant ``W @ b`` goes into its bias, or, for a
     bias-free convolution in a ``ConvModule``, into the following
     BatchNorm's ``running_mean``. The node then becomes a plain
     concatenation. Folding ``alpha`` and the affine is exact; the LayerNorm
     to affine step is the only approximation.
+
+    With ``sequential=True`` the nodes are calibrated one at a time in
+    execution order, each on the inputs it gets once the nodes before it
+    compute their affines, so that a node's fit also absorbs the shift that
+    earlier approximations cause. This costs one pass over the calibration
+    data per node; ``sequential=False`` calibrates all nodes in one pass
+    on the unchanged model.
 
     ``model`` is changed in place and left in eval mode.
 
@@ -123,6 +145,8 @@ def fold_gabfusion(
         forward_fn (Callable): ``forward_fn(model, batch)`` runs the model
             and returns tensors (possibly nested in tuples, lists or
             dicts). Defaults to ``model(batch)``.
+        sequential (bool): Whether to calibrate node by node, see above.
+            Defaults to True.
 
     Returns:
         FoldResult: Output differences and what was folded per node.
@@ -144,14 +168,25 @@ def fold_gabfusion(
     if not nodes:
         return result
 
-    reference, fits, consumers = _calibrate(
+    reference, fits, consumers, order = _calibrate(
         model, nodes, calib_inputs, forward_fn
     )
     result.max_abs_output = max(
         (t.abs().max().item() for batch in reference for t in batch),
         default=0.0,
     )
-    solutions = {name: fits[name].solve() for name, _ in nodes}
+    missing = [name for name, _ in nodes if name not in order]
+    if missing:
+        raise ValueError(
+            f'fold_gabfusion: the fusion nodes {missing} did not run on the '
+            f'calibration data, so they cannot be calibrated'
+        )
+    if sequential:
+        solutions = _solve_sequentially(
+            model, nodes, order, calib_inputs, forward_fn
+        )
+    else:
+        solutions = {name: fits[name].solve() for name, _ in nodes}
 
     with _affine_outputs(nodes, solutions):
         affine = _run(model, calib_inputs, forward_fn)
@@ -179,6 +214,7 @@ def fold_gabfusion(
 
     folded = _run(model, calib_inputs, forward_fn)
     result.max_abs_diff = _max_diff(reference, folded)
+    result.relative_error = _relative_error(reference, folded)
     result.max_abs_diff_rounding = _max_diff(affine, folded)
     limit = FOLD_ROUNDING_TOLERANCE * max(result.max_abs_output, 1.0)
     if result.max_abs_diff_rounding > limit:
@@ -200,12 +236,15 @@ def _calibrate(model, nodes, calib_inputs, forward_fn):
     }
     consumers: dict[str, list[str]] = {}
     latest: dict[str, Tensor] = {}
+    order: list[str] = []
     handles = []
 
     def record_fusion(name):
         def hook(module, args, output):
             fits[name].update(module.scaled_concat(args[0]), output)
             latest[name] = output
+            if name not in order:
+                order.append(name)
 
         return hook
 
@@ -236,7 +275,29 @@ def _calibrate(model, nodes, calib_inputs, forward_fn):
     finally:
         for handle in handles:
             handle.remove()
-    return reference, fits, consumers
+    return reference, fits, consumers, order
+
+
+def _solve_sequentially(model, nodes, order, calib_inputs, forward_fn):
+    """Fit each node's affine with the nodes before it already affine."""
+    modules = dict(nodes)
+    solutions = {}
+    for name in order:
+        module = modules[name]
+        fit = ChannelAffineFit(sum(module.in_channels))
+
+        def record(module, args, output, fit=fit):
+            fit.update(module.scaled_concat(args[0]), output)
+
+        handle = module.register_forward_hook(record)
+        solved = [(n, modules[n]) for n in solutions]
+        try:
+            with _affine_outputs(solved, solutions):
+                _run(model, calib_inputs, forward_fn)
+        finally:
+            handle.remove()
+        solutions[name] = fit.solve()
+    return solutions
 
 
 class _affine_outputs:
@@ -331,34 +392,3 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition('.')
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-def stock_model_config(model_cfg: dict) -> dict:
-    """Return a copy of a detector config with the stock neck.
-
-    A neck class with a ``stock_type`` attribute (the GABFusion versions of
-    mmdet necks) is replaced by that type and loses ``fusion_cfg``. Any
-    other neck keeps its type and gets ``fusion_cfg=None`` (a plain
-    concatenation) when it had a ``fusion_cfg``.
-
-    Args:
-        model_cfg (dict): The ``model`` entry of a config.
-
-    Returns:
-        dict: The config that a folded checkpoint loads into.
-    """
-    from mmdet.registry import MODELS
-
-    cfg = copy.deepcopy(dict(model_cfg))
-    neck = dict(cfg['neck'])
-    neck_class = MODELS.get(neck['type'])
-    if neck_class is None:
-        raise KeyError(f'neck type {neck["type"]!r} is not registered')
-    stock_type = getattr(neck_class, 'stock_type', None)
-    if stock_type is not None:
-        neck['type'] = stock_type
-        neck.pop('fusion_cfg', None)
-    elif 'fusion_cfg' in neck:
-        neck['fusion_cfg'] = None
-    cfg['neck'] = neck
-    return cfg

@@ -8,6 +8,7 @@ from mmcv.cnn import ConvModule
 from mmdet.models.layers import CSPLayer
 from mmdet.registry import MODELS
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import load_state_dict
 from torch import nn
@@ -17,6 +18,13 @@ from gabfusion_mm.deploy import fold_gabfusion, stock_model_config
 from gabfusion_mm.deploy.fold_gabfusion import _fold_into_consumer
 from gabfusion_mm.models.layers import GABFusion
 from tests.conftest import requires_coco128
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build from mmdet's registries whatever scope an earlier test left."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
 
 
 class FusionBlock(nn.Module):
@@ -138,10 +146,11 @@ def neck_and_inputs():
     return cfg, neck, batches
 
 
-def test_neck_fold_adds_only_round_off_to_affine_model():
+@pytest.mark.parametrize('sequential', [True, False])
+def test_neck_fold_only_round_off(sequential):
     _, neck, batches = neck_and_inputs()
 
-    result = fold_gabfusion(neck, batches)
+    result = fold_gabfusion(neck, batches, sequential=sequential)
 
     assert len(result.nodes) == 4
     # The LayerNorm-to-affine step is the only approximation; the fold's
@@ -150,6 +159,19 @@ def test_neck_fold_adds_only_round_off_to_affine_model():
     assert result.max_abs_diff == pytest.approx(
         result.max_abs_diff_affine, rel=1e-3
     )
+
+
+def test_fold_rejects_node_that_never_runs():
+    model = nn.Module()
+    model.fusion = GABFusion([2, 2])
+    model.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(m, feats):
+        return m.conv(torch.cat(feats, dim=1))
+
+    batches = [[torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)]]
+    with pytest.raises(ValueError, match=r"\['fusion'\] did not run"):
+        fold_gabfusion(model, batches, forward)
 
 
 def test_folded_neck_loads_strictly_into_stock_neck():
@@ -221,6 +243,7 @@ def test_fold_tool_writes_stock_checkpoint(run_tool, tmp_path):
     source = tmp_path / 'gab.pth'
     torch.save(dict(state_dict=model.state_dict()), source)
     out = tmp_path / 'folded.pth'
+    out_config = tmp_path / 'folded_config.py'
 
     proc = run_tool(
         'tools/deploy/fold_gabfusion.py',
@@ -230,6 +253,8 @@ def test_fold_tool_writes_stock_checkpoint(run_tool, tmp_path):
         '2',
         '--out',
         str(out),
+        '--out-config',
+        str(out_config),
         '--cfg-options',
         'train_dataloader.batch_size=2',
     )
@@ -244,3 +269,12 @@ def test_fold_tool_writes_stock_checkpoint(run_tool, tmp_path):
     meta = torch.load(out, weights_only=False)['meta']['gabfusion_fold']
     assert meta['neck_type'] == 'YOLOXPAFPN'
     assert len(meta['nodes']) == 4
+
+    written = Config.fromfile(str(out_config))
+    assert written.model.neck.type == 'YOLOXPAFPN'
+    assert 'fusion_cfg' not in written.model.neck
+    hook_types = [hook['type'] for hook in written.custom_hooks]
+    assert 'GABFusionHook' not in hook_types
+    load_checkpoint(
+        MODELS.build(written.model), str(out), map_location='cpu', strict=True
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os.path as osp
 
@@ -19,9 +20,9 @@ from gabfusion_mm.models.layers import GABFusion
 def find_fusion_modules(model: nn.Module) -> list[tuple[str, GABFusion]]:
     """Return ``(name, module)`` for every GABFusion module in ``model``.
 
-    Works on any wrapper (DDP, an mmrazor algorithm around a detector)
-    because it walks ``model.named_modules()``; a leading ``module.`` that
-    DDP adds is removed from the names.
+    The search walks ``model.named_modules()``, so it also works through
+    wrappers such as DDP or an mmrazor algorithm around a detector. A
+    leading ``module.`` that DDP adds is removed from the names.
     """
     found = []
     for name, module in model.named_modules():
@@ -77,7 +78,7 @@ class _NodeStats:
 class GABFusionHook(Hook):
     """Apply the GABFusion feedback update and record the branch balance.
 
-    GABFusion: "GABFusion: Gradient-Aware Balanced Feature Fusion" (Wang and
+    GABFusion (gradient-aware balanced feature fusion; Wang and
     Wang, arXiv:2511.05898). The hook finds every
     :class:`~gabfusion_mm.models.layers.GABFusion` in ``runner.model``
     (through any wrapper) and turns on their gradient-norm recording, so the
@@ -85,16 +86,17 @@ class GABFusionHook(Hook):
 
     When: the feedback update runs in ``after_train_iter``. By then the
     iteration's backward pass has recorded ``G_i = ||dL/dF_i||`` and the
-    optimizer has stepped, so ``lambda`` changes between two forward passes:
-    each forward pass uses one ``alpha``, and the update never writes a
-    tensor that autograd saved for a backward pass still to come. Under
+    optimizer has stepped, so ``lambda`` changes between two forward
+    passes. Each forward pass therefore uses one ``alpha``, and the update
+    never writes a tensor that autograd saved for a backward pass still to
+    come (an in-place write there makes the backward pass fail). Under
     distributed training the norms are averaged over processes first, so
     every process keeps the same ``lambda``.
 
-    Logging: every ``interval`` iterations (and at the last one) the hook
-    writes, per node, the means over the iterations since the last log of
-    ``grad_norm_i``, ``log_ratio`` (``log(G_0 / G_1)`` for two branches)
-    and ``alpha_i`` (not in ``'concat'`` mode) to the visualizer under
+    Logging: every ``interval`` iterations, and at the last one, the hook
+    averages per node ``grad_norm_i``, ``log_ratio`` (``log(G_0 / G_1)``
+    for two branches) and ``alpha_i`` (not in ``'concat'`` mode) over the
+    iterations since the last log. It writes them to the visualizer under
     ``gabfusion/<node>/<name>`` and one line per node to the logger. At the
     end of training the main process saves ``<out_name>.png`` (alpha and
     the log ratio over the iterations) and ``<out_name>.json`` (the same
@@ -134,7 +136,7 @@ class GABFusionHook(Hook):
                 'GABFusionHook: the model has no GABFusion module, so there '
                 'is nothing to update or log',
                 logger='current',
-                level=30,
+                level=logging.WARNING,
             )
         for name, module in self.nodes:
             module.track_grad_norms = True

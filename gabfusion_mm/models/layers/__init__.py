@@ -2,7 +2,8 @@
 
 from .channel_affine_fit import AffineFitResult, ChannelAffineFit
 from .channel_layer_norm import ChannelLayerNorm
-from .gab_fusion import FUSION_MODES, NORM_INITS, GABFusion, build_fusion
+from .fusion_builder import FUSION_MODES, NORM_INITS, build_fusion
+from .gab_fusion import GABFusion
 
 __all__ = [
     'FUSION_MODES',

@@ -20,10 +20,13 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     The input is viewed as ``(N, H, W, C)`` and normalized by the fused
     ``F.layer_norm`` kernel. The output keeps that channels-last memory
-    layout and is not copied back to contiguous NCHW memory: the 1x1
-    convolutions that consume it accept either layout, and the copy cost
-    more than the rest of the normalization in
-    ``benchmarks/bench_gabfusion_neck.py``.
+    layout and is not copied back to contiguous NCHW memory, because the
+    convolutions that consume it accept either layout. In
+    ``benchmarks/bench_gabfusion_neck.py`` (YOLOX-tiny train step on a
+    CPU) both that copy and a ``torch.var_mean`` version in NCHW made the
+    step up to 2% slower. Code that needs ``view()`` on the result or on
+    tensors computed from it must call ``contiguous()`` first; the
+    GABFusion necks return contiguous outputs.
 
     Args:
         num_channels (int): Number of channels ``C``.

@@ -9,7 +9,7 @@ how much gradient each branch receives while the fused scale stays fixed.
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -19,12 +19,10 @@ from torch import Tensor, nn
 
 from .channel_affine_fit import ChannelAffineFit
 from .channel_layer_norm import ChannelLayerNorm
-
-FUSION_MODES = ('learnable', 'feedback', 'concat')
-NORM_INITS = ('default', 'identity')
+from .fusion_builder import check_fusion_args
 
 
-def _is_traced(x: object) -> bool:
+def is_fx_proxy(x: object) -> bool:
     """Return whether ``x`` is a symbolic ``torch.fx`` value."""
     return isinstance(x, torch.fx.Proxy)
 
@@ -33,7 +31,7 @@ def _is_traced(x: object) -> bool:
 class GABFusion(nn.Module):
     """Gradient-aware balanced fusion of ``K`` feature branches.
 
-    From "GABFusion: Gradient-Aware Balanced Feature Fusion" (Wang and Wang,
+    GABFusion (gradient-aware balanced feature fusion; Wang and Wang,
     arXiv:2511.05898)::
 
         alpha = softmax(lambda),  lambda in R^K, one scalar per branch
@@ -67,11 +65,11 @@ class GABFusion(nn.Module):
     of the gradient of the concatenation's ``i``-th channel slice.
     :meth:`pop_grad_norms` returns and clears the stored value.
 
-    Loading a stock checkpoint: when a state dict contains none of this
-    module's keys (a checkpoint of the stock neck), loading keeps the
-    initial values (``lambda = 0``, so ``alpha = 1/K``; LayerNorm weight 1
-    and bias 0), removes these keys from the missing keys so that strict
-    loading succeeds, logs that it did so and sets
+    Loading a stock checkpoint: a state dict may contain none of this
+    module's keys, as a checkpoint of the stock neck does. Loading then
+    keeps the initial values (``lambda = 0``, so ``alpha = 1/K``, and
+    LayerNorm weight 1 and bias 0). It removes these keys from the missing
+    keys so that strict loading succeeds, logs that it did so and sets
     :attr:`loaded_without_state` to True. With ``norm_init='identity'`` the
     first training forward pass after such a load then fits the LayerNorm
     affine on its batch (:meth:`fit_norm_to_concat`), so that the node
@@ -112,7 +110,7 @@ class GABFusion(nn.Module):
         norm_init: str = 'identity',
     ) -> None:
         super().__init__()
-        _check_config(
+        check_fusion_args(
             in_channels, mode, eta, beta, eps, tau, norm_eps, norm_init
         )
         self.norm_init = norm_init
@@ -165,7 +163,7 @@ class GABFusion(nn.Module):
         Returns:
             Tensor: The fused tensor, shape ``(N, sum(C_i), H, W)``.
         """
-        if not _is_traced(inputs[0]):
+        if not is_fx_proxy(inputs[0]):
             self._check_inputs(inputs)
             self._warn_if_feedback_unconsumed()
             if (
@@ -317,11 +315,11 @@ class GABFusion(nn.Module):
                 'nothing read, so lambda is not updated. Add '
                 "dict(type='GABFusionHook') to custom_hooks.",
                 logger='current',
-                level=30,
+                level=logging.WARNING,
             )
 
     def _attach_grad_norm_hook(self, x: Tensor, alpha: Tensor | None) -> None:
-        if _is_traced(x) or not self.track_grad_norms:
+        if is_fx_proxy(x) or not self.track_grad_norms:
             return
         if not (self.training and x.requires_grad):
             return
@@ -383,91 +381,3 @@ def _accept_stock_state(module: GABFusion, incompatible_keys) -> None:
         f'{norm_text}',
         logger='current',
     )
-
-
-def _check_config(
-    in_channels: Sequence[int],
-    mode: str,
-    eta: float,
-    beta: float,
-    eps: float,
-    tau: Sequence[float] | None,
-    norm_eps: float,
-    norm_init: str,
-) -> None:
-    """Raise a ValueError naming the first invalid GABFusion argument."""
-    if mode not in FUSION_MODES:
-        raise ValueError(
-            f'GABFusion: unknown mode {mode!r}; use one of {FUSION_MODES}'
-        )
-    if norm_init not in NORM_INITS:
-        raise ValueError(
-            f'GABFusion: unknown norm_init {norm_init!r}; use one of '
-            f'{NORM_INITS}'
-        )
-    if isinstance(in_channels, (str, int)) or len(in_channels) < 2:
-        raise ValueError(
-            f'GABFusion: in_channels={in_channels!r}, expected a sequence '
-            f'of at least 2 channel counts (one per branch)'
-        )
-    if any(int(c) <= 0 for c in in_channels):
-        raise ValueError(
-            f'GABFusion: in_channels={list(in_channels)} has a non-positive '
-            f'entry'
-        )
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f'GABFusion: eta={eta!r}, expected eta >= 0')
-    if not 0 < beta <= 1:
-        raise ValueError(f'GABFusion: beta={beta!r}, expected 0 < beta <= 1')
-    if not eps > 0:
-        raise ValueError(f'GABFusion: eps={eps!r}, expected eps > 0')
-    if not norm_eps > 0:
-        raise ValueError(
-            f'GABFusion: norm_eps={norm_eps!r}, expected norm_eps > 0'
-        )
-    if tau is not None and len(tau) != len(in_channels):
-        raise ValueError(
-            f'GABFusion: tau={list(tau)} has {len(tau)} entries, expected '
-            f'{len(in_channels)} (one per branch)'
-        )
-
-
-def build_fusion(
-    fusion_cfg: dict | None, in_channels: Sequence[int]
-) -> nn.Module:
-    """Build the fusion module of one fusion node in a neck.
-
-    Necks call this once per concatenation point with the same
-    ``fusion_cfg`` and the channel counts of the branches there, in
-    concatenation order.
-
-    Args:
-        fusion_cfg (dict, optional): Keyword arguments of
-            :class:`GABFusion` except ``in_channels``, e.g.
-            ``dict(mode='feedback', eta=0.05)``; ``dict()`` builds a
-            ``'learnable'`` GABFusion. An optional ``type`` key selects
-            another module registered in mmdet's ``MODELS`` that takes
-            ``in_channels`` and maps a list of ``K`` tensors to one. None
-            builds the plain concatenation (``GABFusion`` in ``'concat'``
-            mode, which has no parameters).
-        in_channels (Sequence[int]): Channels of each branch.
-
-    Returns:
-        nn.Module: The fusion module.
-    """
-    if fusion_cfg is None:
-        fusion_cfg = dict(mode='concat')
-    if not isinstance(fusion_cfg, dict):
-        raise TypeError(
-            f'fusion_cfg must be a dict or None, got '
-            f'{type(fusion_cfg).__name__}: {fusion_cfg!r}'
-        )
-    if 'in_channels' in fusion_cfg:
-        raise ValueError(
-            f'fusion_cfg sets in_channels={fusion_cfg["in_channels"]!r}; '
-            f'remove it, the neck sets the channels of each fusion node'
-        )
-    cfg = dict(type='GABFusion')
-    cfg.update(fusion_cfg)
-    cfg['in_channels'] = list(in_channels)
-    return MODELS.build(cfg)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..layers import build_fusion
-from ..layers.gab_fusion import _is_traced
+from ..layers.gab_fusion import is_fx_proxy
 
 
 def crop_like(feat: Tensor, reference: Tensor, owner: str) -> Tensor:
@@ -28,7 +28,7 @@ def crop_like(feat: Tensor, reference: Tensor, owner: str) -> Tensor:
     Returns:
         Tensor: ``feat[..., :H, :W]``.
     """
-    if _is_traced(feat):
+    if is_fx_proxy(feat):
         # Shapes are symbolic while torch.fx traces, so crop unconditionally.
         return feat[..., : reference.shape[-2], : reference.shape[-1]]
 
@@ -112,7 +112,7 @@ class GABPAFPNMixin:
 
         Returns:
             tuple[Tensor, ...]: One map per level, finest first, shape
-            ``(N, out_channels, H_k, W_k)``.
+            ``(N, out_channels, H_k, W_k)``, contiguous.
         """
         owner = type(self).__name__
         num_levels = len(self.in_channels)
@@ -137,4 +137,8 @@ class GABPAFPNMixin:
             )
             outs.append(self.bottom_up_blocks[step](fused))
 
-        return tuple(conv(out) for conv, out in zip(self.out_convs, outs))
+        # The LayerNorm leaves channels-last tensors behind it; the outputs
+        # go back to contiguous NCHW so heads and losses may use view().
+        return tuple(
+            conv(out).contiguous() for conv, out in zip(self.out_convs, outs)
+        )

@@ -17,7 +17,7 @@ from .gab_pafpn_mixin import check_num_inputs, crop_like
 class GABYOLOV3Neck(YOLOV3Neck):
     """YOLOV3Neck whose concatenations are GABFusion nodes.
 
-    GABFusion: "GABFusion: Gradient-Aware Balanced Feature Fusion" (Wang and
+    GABFusion (gradient-aware balanced feature fusion; Wang and
     Wang, arXiv:2511.05898). The layers and their state dict keys are
     mmdet's ``YOLOV3Neck``. Node ``i`` (``fusions[i]``) joins
     ``[upsample(conv{i+1}(out_i)), lateral_i]`` in the order of mmdet's
@@ -76,7 +76,7 @@ class GABYOLOV3Neck(YOLOV3Neck):
 
         Returns:
             tuple[Tensor, ...]: One map per level, coarsest first, shape
-            ``(N, out_channels[k], H_k, W_k)``.
+            ``(N, out_channels[k], H_k, W_k)``, contiguous.
         """
         owner = type(self).__name__
         check_num_inputs(owner, feats, self.num_scales)
@@ -90,6 +90,7 @@ class GABYOLOV3Neck(YOLOV3Neck):
                 F.interpolate(reduced, scale_factor=2), lateral, owner
             )
             fused = self.fuse(i, [upsampled, lateral])
-            out = getattr(self, f'detect{i + 2}')(fused)
+            # Back to contiguous NCHW after the channels-last LayerNorm.
+            out = getattr(self, f'detect{i + 2}')(fused).contiguous()
             outs.append(out)
         return tuple(outs)

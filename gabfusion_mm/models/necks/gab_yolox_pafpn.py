@@ -14,12 +14,12 @@ from .gab_pafpn_mixin import GABPAFPNMixin
 class GABYOLOXPAFPN(GABPAFPNMixin, YOLOXPAFPN):
     """YOLOXPAFPN whose concatenations are GABFusion nodes.
 
-    GABFusion: "GABFusion: Gradient-Aware Balanced Feature Fusion" (Wang and
+    GABFusion (gradient-aware balanced feature fusion; Wang and
     Wang, arXiv:2511.05898). The layers and their state dict keys are
-    mmdet's ``YOLOXPAFPN``; the neck adds ``top_down_fusions`` and
-    ``bottom_up_fusions`` (see :class:`GABPAFPNMixin` for the branch order)
-    and crops an upsampled map that is one pixel larger than its lateral
-    map, so inputs whose sides are not multiples of 32 work.
+    mmdet's ``YOLOXPAFPN``. The neck adds ``top_down_fusions`` and
+    ``bottom_up_fusions`` (see :class:`GABPAFPNMixin` for the branch
+    order). It also crops an upsampled map that is one pixel larger than
+    its lateral map, so inputs whose sides are not multiples of 32 work.
 
     Args:
         in_channels (Sequence[int]): Channels of each input level.

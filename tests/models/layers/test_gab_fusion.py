@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.registry import DefaultScope
 from torch.func import functional_call
 
 import gabfusion_mm  # noqa: F401
 from gabfusion_mm.models.layers import GABFusion, build_fusion
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build from mmdet's registries whatever scope an earlier test left."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
 
 
 def reference_fusion(feats, logits, weight, bias, eps=1e-5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mmdet.registry import MODELS
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_state_dict
 
 from gabfusion_mm.models.layers import GABFusion
@@ -20,6 +21,13 @@ from .gab_neck_cases import (
 )
 
 
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build from mmdet's registries whatever scope an earlier test left."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 @pytest.mark.parametrize('widen', WIDEN_FACTORS)
 @pytest.mark.parametrize('size', INPUT_SIZES)
 def test_output_shapes(widen, size):
@@ -28,6 +36,7 @@ def test_output_shapes(widen, size):
 
     expected = [(2, cfg['out_channels'], s, s) for s in level_sizes(size)]
     assert [tuple(o.shape) for o in outs] == expected
+    assert all(o.is_contiguous() for o in outs)
 
 
 @pytest.mark.parametrize('train', [True, False])

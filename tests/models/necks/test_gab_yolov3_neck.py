@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mmdet.registry import MODELS
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_state_dict
 
 from gabfusion_mm.models.layers import GABFusion
@@ -20,6 +21,13 @@ from .gab_neck_cases import (
 )
 
 
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build from mmdet's registries whatever scope an earlier test left."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 @pytest.mark.parametrize('widen', WIDEN_FACTORS)
 @pytest.mark.parametrize('size', INPUT_SIZES)
 def test_output_shapes(widen, size):
@@ -31,6 +39,7 @@ def test_output_shapes(widen, size):
         for c, s in zip(cfg['out_channels'], level_sizes(size)[::-1])
     ]
     assert [tuple(o.shape) for o in outs] == expected
+    assert all(o.is_contiguous() for o in outs)
 
 
 def test_two_fusion_nodes_with_branch_channels():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mmdet.models.necks import YOLOXPAFPN
 from mmdet.registry import MODELS
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import load_state_dict
 
 from gabfusion_mm.models.layers import GABFusion
@@ -21,6 +22,13 @@ from .gab_neck_cases import (
 )
 
 
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build from mmdet's registries whatever scope an earlier test left."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 @pytest.mark.parametrize('widen', WIDEN_FACTORS)
 @pytest.mark.parametrize('size', INPUT_SIZES)
 def test_output_shapes(widen, size):
@@ -30,6 +38,7 @@ def test_output_shapes(widen, size):
 
     expected = [(2, cfg['out_channels'], s, s) for s in level_sizes(size)]
     assert [tuple(o.shape) for o in outs] == expected
+    assert all(o.is_contiguous() for o in outs)
 
 
 def test_depthwise_output_shapes():
