@@ -9,7 +9,10 @@ _base_ = ['../yolox/yolox_tiny_1xb8-100e_coco128.py']
 # Written by `python tools/train.py
 # configs/yolox/yolox_tiny_1xb8-100e_coco128.py` (its last epoch); override
 # with --cfg-options model.float_checkpoint=PATH. Without a checkpoint the
-# algorithm raises unless model.allow_random_init=True.
+# algorithm raises unless model.allow_random_init=True. tools/test.py
+# loads a QAT checkpoint over these weights, so there the float checkpoint
+# only has to exist (or pass model.float_checkpoint=None
+# model.allow_random_init=True).
 float_checkpoint = 'work_dirs/yolox_tiny_1xb8-100e_coco128/epoch_100.pth'
 
 max_epochs = 24

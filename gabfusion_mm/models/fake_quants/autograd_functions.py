@@ -36,9 +36,9 @@ def _sum_to(values: Tensor, like: Tensor) -> Tensor:
 class LSQFunction(torch.autograd.Function):
     """LSQ / LSQ+ fake quantization; see ``functional.lsq_quantize``.
 
-    Inputs: ``x``; ``scale`` and ``offset`` broadcastable to ``x`` with the
-    same number of dimensions or a single element (the offset may be
-    None); the integer range; and the gradient scale. With
+    Inputs are ``x``, then ``scale`` and ``offset`` (or None), each with a
+    single element or with as many dimensions as ``x``, then the integer
+    range and the gradient scale. With
     ``t = (x - offset) / scale`` the backward pass uses ``dy/dx = 1`` inside
     the range, ``dy/dscale = round(t) - t`` inside and the end level
     outside, and ``dy/doffset = 1`` outside, as LSQ and LSQ+ define.

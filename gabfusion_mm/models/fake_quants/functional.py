@@ -164,9 +164,10 @@ def n2uq_ramp(x: Tensor, start: Tensor, intervals: Tensor) -> Tensor:
 
     With knots ``T'_0 = start`` and ``T'_i = start + a_1 + ... + a_i``,
     ``r`` rises from ``i - 1`` to ``i`` across interval ``i`` (slope
-    ``1 / a_i``), is 0 below ``T'_0`` and ``n`` above ``T'_n``. Its
-    derivative is the generalized straight-through estimator of N2UQ
-    (Liu et al., arXiv 2111.14826).
+    ``1 / a_i``), is 0 below ``T'_0`` and ``n`` above ``T'_n``:
+    ``r(x) = sum_i clip((x - T'_{i-1}) / a_i, 0, 1)``. Its derivative is
+    the generalized straight-through estimator of N2UQ (Liu et al.,
+    arXiv 2111.14826).
 
     Args:
         x (Tensor): Input of any shape.
@@ -177,13 +178,11 @@ def n2uq_ramp(x: Tensor, start: Tensor, intervals: Tensor) -> Tensor:
     Returns:
         Tensor: ``r(x)`` in ``[0, n]``, with the shape of ``x``.
     """
-    num_steps = intervals.numel()
-    knots = start + torch.cat([intervals.new_zeros(1), intervals.cumsum(0)])
-    # Interval index j in [0, n - 1]: the number of inner knots at or below
-    # x. Inputs outside [T'_0, T'_n] are handled by the clamp below.
-    index = torch.bucketize(x.detach(), knots[1:-1].detach(), right=True)
-    ramp = index + (x - knots[index]) / intervals[index]
-    return torch.clamp(ramp, 0, num_steps)
+    left_knots = start + intervals.cumsum(0) - intervals
+    ramp = torch.zeros_like(x)
+    for i in range(intervals.shape[0]):
+        ramp = ramp + ((x - left_knots[i]) / intervals[i]).clamp(0, 1)
+    return ramp
 
 
 def n2uq_quantize(
@@ -198,11 +197,14 @@ def n2uq_quantize(
     From N2UQ (Liu et al., CVPR 2022, arXiv 2111.14826). The forward pass
     outputs ``start + scale * q``, where the level ``q`` counts the
     thresholds ``T_i = T'_{i-1} + a_i / 2`` (interval midpoints) that ``x``
-    reaches, i.e. ``q = floor(r(x) + 1/2)`` with ``r`` from
-    :func:`n2uq_ramp`. The backward pass differentiates
-    ``start + scale * r(x)`` with respect to ``x``, ``start`` and the
-    widths, and ``start + scale * q`` with respect to ``scale``; it is
-    written out in :class:`N2UQFunction`.
+    reaches. The backward pass differentiates ``start + scale * r(x)``
+    (:func:`n2uq_ramp`) with respect to ``x``, ``start`` and the widths,
+    and ``start + scale * q`` with respect to ``scale``.
+
+    This composition costs ``O(n)`` operations per element. It is the form
+    that ``torch.compile`` fuses; the eager kernel is
+    :class:`N2UQFunction`, which finds each element's interval by binary
+    search and has the same forward values and gradients.
 
     Args:
         x (Tensor): Input of any shape.
@@ -218,14 +220,19 @@ def n2uq_quantize(
     start = scale_grad(start, grad_factor)
     intervals = scale_grad(intervals, grad_factor)
     scale = scale_grad(scale, grad_factor)
-    return N2UQFunction.apply(x, start, intervals, scale)
+    thresholds = (start + intervals.cumsum(0) - intervals / 2).detach()
+    level = torch.zeros_like(x)
+    for i in range(intervals.shape[0]):
+        level = level + (x.detach() >= thresholds[i]).to(x.dtype)
+    ramp = n2uq_ramp(x, start, intervals)
+    return start + scale * (level + (ramp - ramp.detach()))
 
 
 def get_kernel(fn: Callable, compiled: bool) -> Callable:
     """Return the fastest available implementation of ``fn``.
 
     Eager: the autograd Function with a hand-written backward pass when
-    there is one (LSQ, PACT; N2UQ always uses one), else ``fn`` itself.
+    there is one (LSQ, PACT, N2UQ), else ``fn`` itself.
     Compiled: ``torch.compile`` of ``fn``, which fuses the elementwise chain
     into one kernel for the forward and one for the backward pass.
     Compilation happens at the first call. If it fails (for example without
@@ -268,9 +275,23 @@ def _pact_eager(
     return PACTFunction.apply(x, lower, upper, num_steps)
 
 
+def _n2uq_eager(
+    x: Tensor,
+    start: Tensor,
+    intervals: Tensor,
+    scale: Tensor,
+    grad_factor: float,
+) -> Tensor:
+    start = scale_grad(start, grad_factor)
+    intervals = scale_grad(intervals, grad_factor)
+    scale = scale_grad(scale, grad_factor)
+    return N2UQFunction.apply(x, start, intervals, scale)
+
+
 _EAGER_KERNELS: dict[str, Callable] = {
     'lsq_quantize': _lsq_eager,
     'pact_quantize': _pact_eager,
+    'n2uq_quantize': _n2uq_eager,
 }
 
 

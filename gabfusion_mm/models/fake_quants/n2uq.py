@@ -17,6 +17,7 @@ _MIN_SCALE = 1e-8
 # Smallest interval width, relative to the initial step: it bounds the
 # generalized STE slope 1 / a_i at 100 times the initial slope.
 _MIN_INTERVAL_RATIO = 1e-2
+_MAX_COMPILED_STEPS = 15
 
 
 @MODELS.register_module()
@@ -88,7 +89,10 @@ class N2UQFakeQuantize(LowBitFakeQuantize):
         factor = 1.0
         if self.grad_scaling:
             factor = self.grad_factor(x, self.num_steps)
-        kernel = get_kernel(n2uq_quantize, self.use_compile)
+        # The compiled form costs O(n) per element and unrolls n steps into
+        # the graph, so wide quantizers stay with the eager binary search.
+        compiled = self.use_compile and self.num_steps <= _MAX_COMPILED_STEPS
+        kernel = get_kernel(n2uq_quantize, compiled)
         return kernel(
             x,
             self.start,

@@ -70,7 +70,7 @@ def test_compiled_kernels_match_eager():
 def test_get_kernel_eager_kernels():
     assert F.get_kernel(F.lsq_quantize, compiled=False) is F._lsq_eager
     assert F.get_kernel(F.pact_quantize, compiled=False) is F._pact_eager
-    assert F.get_kernel(F.n2uq_quantize, compiled=False) is F.n2uq_quantize
+    assert F.get_kernel(F.n2uq_quantize, compiled=False) is F._n2uq_eager
 
 
 LSQ_CASES = {
@@ -101,6 +101,23 @@ def test_lsq_function_matches_formula(case):
     assert torch.equal(out, expected_out)
     for grad, expected in zip(grads, expected_grads):
         assert torch.allclose(grad, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize('bit', [2, 3])
+def test_n2uq_function_matches_formula(bit):
+    torch.manual_seed(bit)
+    n = 2**bit - 1
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    params = [
+        torch.tensor([-0.4], dtype=torch.float64),
+        torch.rand(n, dtype=torch.float64) * 0.4 + 0.1,
+        torch.tensor([0.3], dtype=torch.float64),
+    ]
+    expected_out, expected_grads = _grads(F.n2uq_quantize, x, params, 0.2)
+    out, grads = _grads(F._n2uq_eager, x, params, 0.2)
+    assert torch.allclose(out, expected_out, atol=1e-12)
+    for grad, expected in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected, atol=1e-10)
 
 
 @pytest.mark.parametrize('learn_lower', [True, False])

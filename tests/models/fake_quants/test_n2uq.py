@@ -12,8 +12,8 @@ from gabfusion_mm.models.fake_quants import (
     N2UQFakeQuantize,
     N2UQWeightFakeQuantize,
 )
-from gabfusion_mm.models.fake_quants.functional import n2uq_ramp
 from gabfusion_mm.models.fake_quants.autograd_functions import N2UQFunction
+from gabfusion_mm.models.fake_quants.functional import n2uq_ramp
 
 
 def n2uq_reference(x, start, widths, scale, grad_factor, upstream):
