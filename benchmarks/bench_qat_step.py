@@ -45,21 +45,30 @@ QAT_DIR = 'configs/qat'
 # Arm name -> (config, quantizer overrides).
 ARMS = {
     'float': (FLOAT_CONFIG, None),
-    'LSQ W4A4': ('yolox_tiny_w4a4-lsq_qat_coco128.py', {}),
+    'LSQ W4A4': (
+        'yolox_tiny_w4a4-lsq_qat_coco128.py',
+        dict(use_compile=False),
+    ),
     'LSQ W4A4 compiled': (
         'yolox_tiny_w4a4-lsq_qat_coco128.py',
         dict(use_compile=True),
     ),
     'LSQ W4A4 BN-folded': (
         'yolox_tiny_w4a4-lsq_qat_coco128.py',
-        dict(fold_bn=True),
+        dict(fold_bn=True, use_compile=False),
     ),
-    'PACT W4A4': ('yolox_tiny_w4a4-pact_qat_coco128.py', {}),
+    'PACT W4A4': (
+        'yolox_tiny_w4a4-pact_qat_coco128.py',
+        dict(use_compile=False),
+    ),
     'PACT W4A4 compiled': (
         'yolox_tiny_w4a4-pact_qat_coco128.py',
         dict(use_compile=True),
     ),
-    'N2UQ W4A4': ('yolox_tiny_w4a4-n2uq_qat_coco128.py', {}),
+    'N2UQ W4A4': (
+        'yolox_tiny_w4a4-n2uq_qat_coco128.py',
+        dict(use_compile=False),
+    ),
     'N2UQ W4A4 compiled': (
         'yolox_tiny_w4a4-n2uq_qat_coco128.py',
         dict(use_compile=True),

@@ -50,7 +50,12 @@ def save_float_checkpoint(path: Path, model_cfg: dict) -> str:
 
 
 def quantizer_from(config: str) -> dict:
-    return Config.fromfile(config).model.quantizer.to_dict()
+    quantizer = Config.fromfile(config).model.quantizer.to_dict()
+    if 'use_compile' in quantizer:
+        # Compiled kernels are tested in test_functional.py; compiling here
+        # would only lengthen the tests.
+        quantizer['use_compile'] = False
+    return quantizer
 
 
 def build_qat(checkpoint: str | None, config: str = LSQ_CONFIG, **kwargs):
@@ -258,13 +263,16 @@ def test_train_two_iterations_with_tool(run_tool, tmp_path, config):
         tmp_path / 'float.pth', Config.fromfile(FLOAT_CONFIG).model
     )
     work_dir = tmp_path / 'work'
+    options = _tool_options(checkpoint)
+    if config == LSQ_CONFIG:
+        options.append('model.quantizer.use_compile=False')
     run_tool(
         'tools/train.py',
         config,
         '--work-dir',
         str(work_dir),
         '--cfg-options',
-        *_tool_options(checkpoint),
+        *options,
     )
 
     run_dir = sorted(p for p in work_dir.iterdir() if p.is_dir())[-1]
@@ -276,6 +284,7 @@ def test_train_two_iterations_with_tool(run_tool, tmp_path, config):
     # The saved QAT checkpoint loads into a freshly built algorithm.
     cfg = Config.fromfile(config)
     cfg.model.float_checkpoint = checkpoint
+    cfg.model.quantizer = quantizer_from(config)
     with DefaultScope.overwrite_default_scope('mmrazor'):
         fresh = MODELS.build(cfg.model)
     saved = torch.load(work_dir / 'epoch_1.pth', weights_only=False)
