@@ -1,7 +1,7 @@
 # W4A4 LSQ quantization-aware training of the float YOLOX-tiny (COCO128,
-# 320 px) with the trace-free quantizer and mmrazor's QAT loop. Weights:
-# per-channel LSQ; conv inputs: LSQ+ (activations after SiLU go down to
-# about -0.28, so the range needs an offset); the first conv and the
+# 320 px) with the trace-free quantizer and mmrazor's QAT loop. Weights use
+# per-channel LSQ. Conv inputs use LSQ+, because activations after SiLU go
+# down to about -0.28 and the range needs an offset. The first conv and the
 # prediction convs stay at 8 bit. The other trace-free QAT baselines in
 # this folder inherit from this file.
 _base_ = ['../yolox/yolox_tiny_1xb8-100e_coco128.py']
@@ -34,9 +34,10 @@ model = dict(
         prediction_convs=dict(w_bits=8, a_bits=8),
         fold_bn=False,
         # torch.compile fuses each fake quantizer; on a 2-core CPU it cut
-        # the step time of every W4A4 baseline (benchmarks/qat_step.md) at
-        # the cost of about 10 s of compilation in the first step. Without
-        # a working compiler the fake quantizers fall back to eager mode.
+        # the step time of every W4A4 baseline (benchmarks/qat_step.md).
+        # The first step compiles: about 10 s more with inductor's disk
+        # cache warm, longer on a fresh machine. Without a working compiler
+        # the fake quantizers fall back to eager mode.
         use_compile=True,
     ),
 )

@@ -3,10 +3,11 @@
 They compute what the formulas in :mod:`.functional` compute, in fewer
 passes over the tensor: autograd through the composed formulas runs one
 kernel per elementary operation in both directions (and, for N2UQ, an
-indexed scatter per element). On a 2-core CPU the composed LSQ made a
-YOLOX-tiny QAT step 1.75 times slower than float and the composed N2UQ
-about 10 times (benchmarks/bench_qat_step.py). ``torch.compile`` of the
-composed formulas is the other fast path (see ``get_kernel``).
+indexed scatter per element). Timed with benchmarks/bench_qat_step.py on
+a busy 2-core CPU, a YOLOX-tiny QAT step with the composed formulas took
+about 1.75 (LSQ) and 10 (N2UQ) times as long as a float step.
+``torch.compile`` of the composed formulas is the other fast path (see
+``get_kernel``).
 """
 
 from __future__ import annotations

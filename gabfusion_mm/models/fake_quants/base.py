@@ -141,10 +141,10 @@ class LowBitFakeQuantize(FakeQuantizeBase):
     def export_qparams(self, x: Tensor | None = None) -> dict[str, Any]:
         """Describe the quantizer for QuantizeLinear/DequantizeLinear.
 
-        Returns a dict with ``scale`` (float32 Tensor), ``zero_point``
+        The dict has the keys ``scale`` (float32 Tensor), ``zero_point``
         (int32 Tensor), ``quant_min`` and ``quant_max`` (the integer grid
-        on which every output lies), ``ch_axis`` (int, or None when per
-        tensor), ``bit``, ``offset`` (float Tensor added after
+        on which every output lies) and ``ch_axis`` (int, or None when per
+        tensor). It also has ``bit``, ``offset`` (float Tensor added after
         dequantization, or None) and ``thresholds`` (input thresholds of a
         non-uniform quantizer, or None). The output is
         ``scale * (q - zero_point) + offset`` for an integer ``q`` in
@@ -241,8 +241,8 @@ class LowBitFakeQuantize(FakeQuantizeBase):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
-        # A per-channel quantizer built without num_channels holds one
-        # value until initialized; take the saved channel count instead.
+        # A per-channel quantizer built without num_channels has one value
+        # until initialized, so take the saved channel count instead.
         key = prefix + 'zero_point'
         if self.per_channel and key in state_dict:
             self.resize_channels(state_dict[key].numel())

@@ -23,7 +23,7 @@ SETTING_KEYS = (
 
 @dataclass
 class ConvQuantSetting:
-    """How one convolution is quantized.
+    """Quantization setting of one convolution.
 
     Attributes:
         quantize (bool): Replace the convolution at all.

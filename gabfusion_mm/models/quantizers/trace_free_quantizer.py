@@ -70,7 +70,7 @@ class TraceFreeQuantizer(BaseQuantizer):
         fold_bn (bool): Fold the batch norm of each ``ConvModule`` into the
             weight before weight quantization. Defaults to False.
         use_compile (bool): Build fake quantizers with ``use_compile=True``
-            unless their config says otherwise. Defaults to False.
+            unless their config sets it. Defaults to False.
         init_cfg (dict, optional): Unused; for ``BaseModule``.
     """
 

@@ -21,9 +21,9 @@ def find_input_fake_quant(model: nn.Module, module_path: str) -> nn.Module:
     """Return the fake quantizer of the input of the module at a path.
 
     ``module_path`` names a ``QuantConv2d`` or a module that contains one
-    (a ``ConvModule``, a stack of them, a neck stage); for a container, the
-    first ``QuantConv2d`` in module order is used, which is the one that
-    consumes the container's input in sequential blocks. In mmdet's YOLOX
+    (a ``ConvModule``, a stack of them, a neck stage). For a container, the
+    first ``QuantConv2d`` in module order is used. In sequential blocks it
+    is the one that consumes the container's input. In mmdet's YOLOX
     head, ``bbox_head.multi_level_cls_convs.0`` gives the quantizer of the
     level-0 neck output on its classification branch (the regression
     branch, ``multi_level_reg_convs.0``, has its own quantizer of the same
@@ -74,8 +74,8 @@ def find_input_fake_quants(
 def freeze_bn_stats(module: nn.Module) -> None:
     """Freeze batch-norm statistics of fused or folded convolutions.
 
-    Works like ``torch.ao.nn.intrinsic.qat.freeze_bn_stats`` (which only
-    knows torch's fused modules) and also handles ``QuantConv2d`` with a
+    Works like ``torch.ao.nn.intrinsic.qat.freeze_bn_stats`` (which handles
+    only torch's fused modules) and also handles ``QuantConv2d`` with a
     folded batch norm. Use it with ``model.apply(freeze_bn_stats)``.
     """
     if isinstance(module, QuantConv2d):
