@@ -54,7 +54,7 @@ def run_tool() -> Callable[..., subprocess.CompletedProcess]:
 
     The function takes the script path relative to the repository root and
     its arguments, runs it with this interpreter from the repository root,
-    and returns the completed process; a non-zero exit fails the test with
+    and returns the completed process. A non-zero exit fails the test with
     the tail of the output.
     """
 

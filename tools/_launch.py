@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import os.path as osp
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,15 @@ def prepare_launcher(cfg: Config, launcher: str) -> None:
             rank=int(os.environ['RANK']),
             world_size=int(os.environ['WORLD_SIZE']),
         )
+
+
+def set_work_dir(cfg: Config, work_dir: str | None, config_path: str) -> None:
+    """Set ``cfg.work_dir`` from the flag, the config or the config name."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        name = osp.splitext(osp.basename(config_path))[0]
+        cfg.work_dir = osp.join('./work_dirs', name)
 
 
 def set_local_rank_env(local_rank: int) -> None:

@@ -8,7 +8,6 @@ Usage: python tools/test.py CONFIG CHECKPOINT [--work-dir DIR]
 from __future__ import annotations
 
 import argparse
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.evaluator import DumpResults
@@ -17,7 +16,7 @@ from mmengine.runner import Runner
 
 import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 
-from _launch import prepare_launcher, set_local_rank_env
+from _launch import prepare_launcher, set_local_rank_env, set_work_dir
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,11 +76,7 @@ def main() -> None:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        name = osp.splitext(osp.basename(args.config))[0]
-        cfg.work_dir = osp.join('./work_dirs', name)
+    set_work_dir(cfg, args.work_dir, args.config)
 
     cfg.load_from = args.checkpoint
     if args.show_dir:

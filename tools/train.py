@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
@@ -17,7 +16,7 @@ from mmengine.runner import Runner
 
 import gabfusion_mm  # noqa: F401  (patches torch for mmrazor first)
 
-from _launch import prepare_launcher, set_local_rank_env
+from _launch import prepare_launcher, set_local_rank_env, set_work_dir
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,11 +71,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        name = osp.splitext(osp.basename(args.config))[0]
-        cfg.work_dir = osp.join('./work_dirs', name)
+    set_work_dir(cfg, args.work_dir, args.config)
 
     if args.amp:
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')

@@ -124,8 +124,8 @@ def _legacy_pattern_order() -> Iterator[None]:
     """Hand mmrazor the legacy-order pattern config while it imports.
 
     mmrazor binds ``BackendPatternConfig`` at import time, so its backend
-    config builders keep the legacy-order class after the context exits;
-    other users of torch see the original class.
+    config builders keep the legacy-order class after the context exits.
+    Other users of torch get the original class.
     """
     from torch.ao.quantization import backend_config
 

@@ -3,8 +3,8 @@
 Each stage runs one command (usually ``tools/train.py`` or ``tools/test.py``)
 in a subprocess and is finished when its marker file exists. The marker is
 written atomically after the command exits with status 0, so a run killed at
-any point reruns only the unfinished stage; training stages pass
-``--resume`` so they continue from their last checkpoint.
+any point reruns only the unfinished stage. Training stages pass
+``--resume``, so they continue from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def read_test_metrics(work_dir: Path) -> dict:
     """Return the metrics JSON that ``tools/test.py`` wrote last.
 
     Raises:
-        FileNotFoundError: if ``work_dir`` holds no metrics file.
+        FileNotFoundError: if ``work_dir`` contains no metrics file.
     """
     candidates = sorted(Path(work_dir).glob('*/*.json'))
     candidates = [p for p in candidates if p.stem == p.parent.name]
