@@ -1,10 +1,19 @@
-"""Train a float YOLOX on COCO128 and evaluate it on both protocols.
+"""Float YOLOX, W4A4 QAT with and without GABFusion + ADA, fold and ONNX.
 
-Stages (each skipped when finished, so a killed run resumes):
-  1. float_train: tools/train.py on the 128 train2017 images.
-  2. test_heldout: tools/test.py on the 128 held-out val2017 images.
-  3. test_fit: tools/test.py on the 128 training images.
-A results table is printed and written to WORK_DIR/results.{md,json}.
+Runs on COCO128, every step a tool of this repository in a subprocess:
+  1. float: tools/train.py of the float YOLOX from scratch.
+  2. qat: W4A4 LSQ QAT of the float model (baseline arm).
+  3. gabfusion_ada: the same QAT with GABFusion and ADA (same schedule,
+     seed and data).
+  4. fold: tools/deploy/fold_gabfusion.py folds GABFusion into the stock
+     neck and re-calibrates the quantizers it touches.
+  5. finetune: a short task-loss fine-tune of the folded model.
+  6. onnx: tools/deploy/export_onnx.py (QuantizeLinear/DequantizeLinear,
+     opset 21 INT4) and tools/deploy/test_onnx.py with onnxruntime.
+Each model is evaluated with tools/test.py on the held-out protocol
+(train2017 -> val2017) and the fit protocol (train2017 -> train2017).
+Finished stages are skipped, so a killed run resumes where it stopped.
+Writes WORK_DIR/results.{md,json} and WORK_DIR/plots/*.png.
 
 Usage: python tools/run_demo.py [--work-dir DIR] [--model nano|tiny]
        [--schedule default|smoke]
@@ -13,34 +22,34 @@ Usage: python tools/run_demo.py [--work-dir DIR] [--model nano|tiny]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from pathlib import Path
 
 from mmengine.logging import MMLogger
 
 import gabfusion_mm  # noqa: F401
-from gabfusion_mm.compat import atomic_write_bytes
-from gabfusion_mm.pipeline import Stage, StageRunner, read_test_metrics
+from gabfusion_mm.pipeline import StageRunner
+from gabfusion_mm.pipeline.demo import (
+    PROTOCOLS,
+    DemoPlan,
+    export_stage,
+    fold_stage,
+    last_checkpoint,
+    onnx_test_stage,
+    test_stage,
+    train_stage,
+)
+from gabfusion_mm.pipeline.report import (
+    Evaluated,
+    build_rows,
+    format_tables,
+    write_plots,
+    write_results,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# A few images, one epoch, batch 2: checks that every stage runs.
-SMOKE_OPTIONS = (
-    'train_cfg.max_epochs=1',
-    'train_cfg.val_interval=1',
-    'train_dataloader.batch_size=2',
-    'train_dataloader.num_workers=0',
-    'train_dataloader.persistent_workers=False',
-    'train_dataloader.dataset.indices=4',
-    'val_dataloader.num_workers=0',
-    'val_dataloader.persistent_workers=False',
-    'val_dataloader.dataset.indices=4',
-    'test_dataloader.num_workers=0',
-    'test_dataloader.persistent_workers=False',
-    'test_dataloader.dataset.indices=4',
-    'model.test_cfg.score_thr=0.0',
-)
+NUM_STAGES = 6
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,65 +57,186 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--work-dir',
         default='work_dirs/demo',
-        help='folder for checkpoints, logs and the results table',
+        help='folder for checkpoints, logs, the results table and plots',
     )
     parser.add_argument(
         '--model',
         choices=['nano', 'tiny'],
         default='nano',
-        help='YOLOX size (nano: about 8 s per COCO128 epoch on 2 cores)',
+        help='YOLOX size (nano: about 8 s per float COCO128 epoch on 2 '
+        'cores; tiny is about 2.5 times slower)',
     )
     parser.add_argument(
         '--schedule',
         choices=['default', 'smoke'],
         default='default',
-        help='default: the config schedule; smoke: 2 iterations on 4 images',
+        help="default: the configs' schedules; smoke: one epoch on four "
+        'images per training, four images per evaluation',
     )
     return parser.parse_args()
 
 
-def last_checkpoint(work_dir: Path) -> Path:
-    """Return the checkpoint that mmengine recorded as the latest."""
-    record = work_dir / 'last_checkpoint'
-    if not record.is_file():
-        raise FileNotFoundError(f'no last_checkpoint file in {work_dir}')
-    return Path(record.read_text().strip())
+class Pipeline:
+    """The stages of the demo and the metrics they produce."""
 
+    def __init__(self, plan: DemoPlan, logger: MMLogger) -> None:
+        self.plan = plan
+        self.logger = logger
+        self.runner = StageRunner(plan.work_dir, REPO_ROOT)
+        self.evaluated: list[Evaluated] = []
+        self.step = 0
+        self.start = time.monotonic()
 
-def test_stage(
-    name: str, config: Path, train_dir: Path, options: list[str]
-) -> Stage:
-    """Stage that evaluates the latest checkpoint of ``train_dir``."""
-    out_dir = train_dir / name
-
-    def metrics() -> dict:
-        return read_test_metrics(out_dir)
-
-    command = [
-        sys.executable,
-        'tools/test.py',
-        str(config),
-        str(last_checkpoint(train_dir)),
-        '--work-dir',
-        str(out_dir),
-    ]
-    if options:
-        command += ['--cfg-options', *options]
-    return Stage(name, command, out_dir, after=metrics)
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of bbox mAP and mAP50 per model and protocol."""
-    lines = [
-        '| model | protocol | mAP | mAP50 | train time (min) |',
-        '| --- | --- | --- | --- | --- |',
-    ]
-    for row in rows:
-        lines.append(
-            f'| {row["model"]} | {row["protocol"]} | {row["mAP"]:.4f} | '
-            f'{row["mAP50"]:.4f} | {row["train_minutes"]:.1f} |'
+    def announce(self, what: str) -> None:
+        self.step += 1
+        minutes = (time.monotonic() - self.start) / 60
+        self.logger.info(
+            f'[{self.step}/{NUM_STAGES}] {what} '
+            f'({minutes:.1f} min into this run)'
         )
-    return '\n'.join(lines)
+
+    def evaluate(self, model: str, name: str, config: str, options, **kw):
+        """Evaluate the latest checkpoint of ``name`` on both protocols."""
+        checkpoint = last_checkpoint(self.plan.dir(name))
+        self.evaluate_checkpoint(
+            model, name, config, checkpoint, options, **kw
+        )
+
+    def evaluate_checkpoint(
+        self, model, name, config, checkpoint, options, **kw
+    ) -> None:
+        for protocol in PROTOCOLS:
+            stage = test_stage(
+                self.plan, name, protocol, config, checkpoint, options
+            )
+            metrics = self.runner.run(stage)
+            self.evaluated.append(
+                Evaluated(model, protocol, metrics, _join(stage.command), **kw)
+            )
+
+    def train(self, name: str, config: str, options, load_from=None) -> float:
+        stage = train_stage(self.plan, name, config, options, load_from)
+        return self.runner.run(stage)['seconds']
+
+    def run(self) -> None:
+        plan = self.plan
+        configs = plan.configs
+        tag = f'YOLOX-{plan.model}'
+
+        self.announce('float training and evaluation')
+        seconds = self.train('float', configs['float'], plan.options('float'))
+        float_opts = plan.options('float')
+        self.evaluate(
+            f'{tag} float',
+            'float',
+            configs['float'],
+            float_opts,
+            train_seconds=seconds,
+        )
+
+        self.announce('W4A4 LSQ QAT, baseline arm')
+        qat_opts = plan.qat_options()
+        seconds = self.train('qat', configs['qat'], qat_opts)
+        self.evaluate(
+            f'{tag} W4A4 LSQ QAT',
+            'qat',
+            configs['qat'],
+            qat_opts,
+            train_seconds=seconds,
+        )
+
+        self.announce('W4A4 LSQ QAT with GABFusion and ADA')
+        gab_name = f'{tag} W4A4 LSQ QAT + GABFusion + ADA'
+        seconds = self.train(
+            'gabfusion_ada', configs['gabfusion_ada'], qat_opts
+        )
+        self.evaluate(
+            gab_name,
+            'gabfusion_ada',
+            configs['gabfusion_ada'],
+            qat_opts,
+            train_seconds=seconds,
+        )
+
+        self.announce('GABFusion fold and quantizer re-calibration')
+        gab_ckpt = last_checkpoint(plan.dir('gabfusion_ada'))
+        self.runner.run(fold_stage(plan, gab_ckpt))
+        folded = plan.dir('folded')
+        folded_name = f'{gab_name}, folded'
+        self.evaluate_checkpoint(
+            folded_name,
+            'folded',
+            str(folded / 'folded_config.py'),
+            folded / 'folded.pth',
+            qat_opts,
+            fold_of=gab_name,
+        )
+
+        self.announce('fine-tune of the folded model')
+        seconds = self.train(
+            'finetune',
+            configs['finetune'],
+            qat_opts,
+            load_from=folded / 'folded.pth',
+        )
+        tuned_name = f'{folded_name} + fine-tune'
+        self.evaluate(
+            tuned_name,
+            'finetune',
+            configs['finetune'],
+            qat_opts,
+            train_seconds=seconds,
+            fold_of=gab_name,
+        )
+
+        self.announce('ONNX export (QDQ, INT4) and onnxruntime evaluation')
+        onnx_file = plan.dir('onnx') / 'model.onnx'
+        tuned_ckpt = last_checkpoint(plan.dir('finetune'))
+        self.runner.run(export_stage(plan, tuned_ckpt))
+        for protocol in PROTOCOLS:
+            stage = onnx_test_stage(
+                plan, protocol, configs['finetune'], onnx_file
+            )
+            metrics = self.runner.run(stage)
+            self.evaluated.append(
+                Evaluated(
+                    f'{tuned_name}, ONNX Runtime',
+                    protocol,
+                    metrics,
+                    _join(stage.command),
+                    onnx_of=tuned_name,
+                )
+            )
+
+    def report(self) -> str:
+        plan = self.plan
+        rows = build_rows(self.evaluated)
+        tables = format_tables(
+            rows, {key: title for key, (title, _) in PROTOCOLS.items()}
+        )
+        arms = {
+            'float': plan.dir('float'),
+            'W4A4 QAT': plan.dir('qat'),
+            'W4A4 QAT + GABFusion + ADA': plan.dir('gabfusion_ada'),
+            'folded + fine-tune': plan.dir('finetune'),
+        }
+        plots = write_plots(plan.work_dir, arms, plan.dir('gabfusion_ada'))
+        write_results(
+            plan.work_dir,
+            rows,
+            tables,
+            dict(
+                model=f'YOLOX-{plan.model}',
+                schedule=plan.schedule,
+                configs=plan.configs,
+                plots=[str(p) for p in plots],
+            ),
+        )
+        return tables
+
+
+def _join(command) -> str:
+    return ' '.join(str(part) for part in command)
 
 
 def main() -> None:
@@ -116,55 +246,19 @@ def main() -> None:
     logger = MMLogger.get_instance(
         'gabfusion_demo', log_file=str(work_dir / 'demo.log')
     )
-    options = list(SMOKE_OPTIONS) if args.schedule == 'smoke' else []
-
-    config = (
-        REPO_ROOT / f'configs/yolox/yolox_{args.model}_1xb8-100e_coco128.py'
+    plan = DemoPlan(work_dir, model=args.model, schedule=args.schedule)
+    pipeline = Pipeline(plan, logger)
+    try:
+        pipeline.run()
+    except (RuntimeError, FileNotFoundError) as error:
+        logger.error(str(error))
+        sys.exit(1)
+    tables = pipeline.report()
+    print('\n' + tables)
+    logger.info(
+        f'results written to {work_dir}/results.md and .json, plots to '
+        f'{work_dir}/plots'
     )
-    fit_config = config.with_name(config.stem + '-fit.py')
-    float_dir = work_dir / 'float'
-    runner = StageRunner(work_dir, REPO_ROOT)
-
-    logger.info('[1/3] float training')
-    train_cmd = [
-        sys.executable,
-        'tools/train.py',
-        str(config),
-        '--work-dir',
-        str(float_dir),
-        '--resume',
-    ]
-    if options:
-        train_cmd += ['--cfg-options', *options]
-    train = runner.run(Stage('float_train', train_cmd, float_dir))
-
-    logger.info('[2/3] evaluation on the held-out val2017 images')
-    heldout = runner.run(
-        test_stage('test_heldout', config, float_dir, options)
-    )
-    logger.info('[3/3] evaluation on the training images (fit protocol)')
-    fit = runner.run(test_stage('test_fit', fit_config, float_dir, options))
-
-    rows = [
-        dict(
-            model=f'YOLOX-{args.model} float',
-            protocol=protocol,
-            mAP=metrics['coco/bbox_mAP'],
-            mAP50=metrics['coco/bbox_mAP_50'],
-            train_minutes=train['seconds'] / 60,
-        )
-        for protocol, metrics in (
-            ('held-out (val2017)', heldout),
-            ('fit (train2017)', fit),
-        )
-    ]
-    table = format_table(rows)
-    atomic_write_bytes((table + '\n').encode(), str(work_dir / 'results.md'))
-    atomic_write_bytes(
-        json.dumps(rows, indent=2).encode(), str(work_dir / 'results.json')
-    )
-    print('\n' + table)
-    logger.info(f'results written to {work_dir}/results.md and .json')
 
 
 if __name__ == '__main__':

@@ -4,7 +4,9 @@ Each stage runs one command (usually ``tools/train.py`` or ``tools/test.py``)
 in a subprocess and is finished when its marker file exists. The marker is
 written atomically after the command exits with status 0, so a run killed at
 any point reruns only the unfinished stage. Training stages pass
-``--resume``, so they continue from their last checkpoint.
+``--resume``, so they continue from their last checkpoint. A stage's
+reported time is its wall time summed over all runs, interrupted ones
+included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,9 +80,11 @@ class StageRunner:
             f'[{stage.name}] output: {log_file}',
             logger='current',
         )
-        start = time.monotonic()
-        self._stream(stage, log_file)
-        elapsed = time.monotonic() - start
+        partial = self.marker_dir / f'{stage.name}.partial'
+        with _ElapsedClock(partial) as clock:
+            self._stream(stage, log_file)
+        elapsed = clock.total()
+        partial.unlink(missing_ok=True)
 
         result = stage.after() if stage.after is not None else {}
         result['seconds'] = round(elapsed, 1)
@@ -118,6 +123,41 @@ class StageRunner:
                 f'stage {stage.name} failed with exit code {code}; see '
                 f'{log_file}. Rerunning resumes from this stage.'
             )
+
+
+class _ElapsedClock:
+    """Wall time of a stage summed over interrupted and resumed runs.
+
+    The running total is rewritten to ``path`` every ``period`` seconds,
+    so a killed run loses at most that much of its count.
+    """
+
+    def __init__(self, path: Path, period: float = 10.0) -> None:
+        self.path = path
+        self.period = period
+        self.before = float(path.read_text()) if path.is_file() else 0.0
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def total(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.period):
+            self._write()
+
+    def _write(self) -> None:
+        atomic_write_bytes(f'{self.total():.1f}'.encode(), str(self.path))
+
+    def __enter__(self) -> _ElapsedClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write()
 
 
 def _worth_echoing(line: str) -> bool:
