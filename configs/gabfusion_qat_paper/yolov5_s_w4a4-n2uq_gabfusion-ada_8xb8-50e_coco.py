@@ -1,0 +1,17 @@
+# + GABFusion + ADA arm: the W4A4 N2UQ baseline with GABFusion nodes
+# (learnable branch weights) at the student's four PAN concatenations and
+# ADA distillation of the three neck outputs from the float teacher.
+_base_ = ['./yolov5_s_w4a4-n2uq_qat_8xb8-50e_coco.py']
+
+model = dict(
+    architecture=dict(neck=dict(fusion_cfg=dict(mode='learnable'))),
+    distiller=_base_.ada_distiller,
+)
+
+# Branch weights and LayerNorm affines are not weight-decayed.
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'fusions.': dict(decay_mult=0.0)})
+)
+
+# GABFusionHook logs the branch weights and gradient balance.
+custom_hooks = [*_base_.custom_hooks, dict(type='GABFusionHook')]
