@@ -46,5 +46,8 @@ custom_hooks = [
         type='EarlyStoppingHook',
         monitor='pascal_voc/mAP',
         rule='greater',
-        patience=20),
+        patience=20,
+        # Stop when mAP has not risen by 0.1 point (not mmengine's
+        # default 0.1, which is 10 points).
+        min_delta=0.001),
 ]

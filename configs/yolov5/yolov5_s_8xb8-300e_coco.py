@@ -84,5 +84,8 @@ custom_hooks = [
         type='EarlyStoppingHook',
         monitor='coco/bbox_mAP',
         rule='greater',
-        patience=3),
+        patience=3,
+        # Stop when mAP has not risen by 0.1 point (not mmengine's
+        # default 0.1, which is 10 points).
+        min_delta=0.001),
 ]

@@ -1,6 +1,7 @@
 # YOLOv5s on COCO 2017 with GABFusion (Wang and Wang, arXiv 2511.05898) at
 # the four PAN concatenations, branch weights learned by backpropagation
-# (the paper's first version). QAT configs inherit this one.
+# (the paper's first version). A float model for GABFusion ablations;
+# the QAT arms start from the plain float checkpoint instead.
 _base_ = ['./yolov5_s_8xb8-300e_coco.py']
 
 model = dict(neck=dict(fusion_cfg=dict(mode='learnable')))
