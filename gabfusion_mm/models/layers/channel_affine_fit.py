@@ -85,7 +85,11 @@ class ChannelAffineFit:
         """Return the least-squares ``scale`` and ``shift`` per channel.
 
         A channel whose ``u`` is constant gets scale 0 and the mean of ``v``
-        as its shift.
+        as its shift. So does a channel whose ``u`` varies by less than
+        ``1e-10`` of the median second moment over channels (a dead channel,
+        e.g. SiLU outputs near -1e-25). Its least-squares slope could be huge
+        (1e22 has been seen) and would then dominate a quantized consumer's
+        weight range.
         """
         count = self.stats[0]
         if not bool((count > 0).all()):
@@ -96,9 +100,11 @@ class ChannelAffineFit:
         cov = self.stats[4] / count - mean_u * mean_v
         var_v = (self.stats[5] / count - mean_v**2).clamp_min(0)
 
-        # Relative threshold: var_u below float64 round-off of E[u^2] is 0.
-        tiny = 1e-12 * (self.stats[3] / count).clamp_min(1e-300)
-        usable = var_u > tiny
+        # var_u below float64 round-off of E[u^2] is 0.
+        second_u = self.stats[3] / count
+        tiny = 1e-12 * second_u.clamp_min(1e-300)
+        dead = 1e-10 * second_u.median()
+        usable = (var_u > tiny) & (var_u > dead)
         scale = torch.where(usable, cov / var_u.where(usable, 1), 0)
         shift = mean_v - scale * mean_u
 

@@ -59,6 +59,21 @@ def test_constant_source_channel_gets_zero_scale():
     torch.testing.assert_close(result.shift, v.double().mean().reshape(1))
 
 
+def test_dead_channel_gets_zero_scale():
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64)
+    # Channel 1 carries only values of about 1e-25 (a dead SiLU channel).
+    u[:, 1] = -1e-25 * (1 + 0.1 * u[:, 1])
+    v = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64)
+    fit = ChannelAffineFit(4)
+    fit.update(u, v)
+    result = fit.solve()
+
+    assert result.scale[1].item() == 0.0
+    torch.testing.assert_close(result.shift[1], v[:, 1].mean())
+    assert bool((result.scale[[0, 2, 3]] != 0).all())
+
+
 def test_shape_mismatch_raises():
     fit = ChannelAffineFit(2)
     with pytest.raises(ValueError, match=r'\(1, 2, 3, 3\) and \(1, 2, 3, 4\)'):
