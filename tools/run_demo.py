@@ -22,6 +22,7 @@ Usage: python tools/run_demo.py [--work-dir DIR] [--model nano|tiny]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -221,6 +222,9 @@ class Pipeline:
             'folded + fine-tune': plan.dir('finetune'),
         }
         plots = write_plots(plan.work_dir, arms, plan.dir('gabfusion_ada'))
+        fold = _read_json(plan.dir('folded') / 'fold_report.json')
+        export = _read_json(plan.dir('onnx') / 'model_export.json')
+        tables += deploy_notes(fold, export)
         write_results(
             plan.work_dir,
             rows,
@@ -230,9 +234,38 @@ class Pipeline:
                 schedule=plan.schedule,
                 configs=plan.configs,
                 plots=[str(p) for p in plots],
+                fold={k: v for k, v in fold.items() if k != 'consumers'},
+                onnx_export=export,
             ),
         )
         return tables
+
+
+def deploy_notes(fold: dict, export: dict) -> str:
+    """Markdown lines on the fold's output error and the ONNX check."""
+    lines = []
+    if fold:
+        lines.append(
+            f'Fold: relative L2 error of the head outputs against the '
+            f'unfolded quantized student {fold["relative_error"]:.4f} '
+            f'after quantizer re-calibration '
+            f'({fold["relative_error_without_recalibration"]:.4f} without) '
+            f'on {fold["calib_batches"]} training batches.'
+        )
+    if export:
+        lines.append(
+            f'ONNX: opset {export["opset"]}, '
+            f'{export["num_quantize_linear"]} QuantizeLinear and '
+            f'{export["num_dequantize_linear"]} DequantizeLinear nodes for '
+            f'{export["num_fake_quants"]} fake quantizers; largest head '
+            f'output difference to PyTorch {export["max_abs_diff"]:.3g}; '
+            f'check {"passed" if export["passed"] else "failed"}.'
+        )
+    return '\n\n'.join(lines) + '\n' if lines else ''
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _join(command) -> str:

@@ -6,9 +6,9 @@
 _base_ = ['./yolox_tiny_w4a4-lsq_qat_coco128.py']
 
 # Written by `python tools/train.py
-# configs/yolox/yolox_nano_1xb8-100e_coco128.py` (its last epoch); override
+# configs/yolox/yolox_nano_1xb8-150e_coco128.py` (its last epoch); override
 # with --cfg-options model.float_checkpoint=PATH.
-float_checkpoint = 'work_dirs/yolox_nano_1xb8-100e_coco128/epoch_100.pth'
+float_checkpoint = 'work_dirs/yolox_nano_1xb8-150e_coco128/epoch_150.pth'
 
 # The sizes of configs/yolox/yolox_nano_1xb8-100e_coco128.py.
 nano = dict(
