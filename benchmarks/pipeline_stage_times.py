@@ -31,8 +31,8 @@ GROUPS = (
     ('float_', 'float YOLOX'),
     ('qat_', 'W4A4 LSQ QAT, baseline'),
     ('gabfusion_ada_', 'W4A4 LSQ QAT + GABFusion + ADA'),
-    ('fold', 'fold and re-calibration'),
     ('folded_', 'folded model'),
+    ('fold', 'fold and re-calibration'),
     ('finetune_', 'fine-tune of the folded model'),
     ('onnx_', 'ONNX export and onnxruntime'),
 )

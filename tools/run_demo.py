@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -83,7 +85,11 @@ class Pipeline:
     def __init__(self, plan: DemoPlan, logger: MMLogger) -> None:
         self.plan = plan
         self.logger = logger
-        self.runner = StageRunner(plan.work_dir, REPO_ROOT)
+        self.runner = StageRunner(
+            plan.work_dir,
+            REPO_ROOT,
+            plan=dict(model=plan.model, schedule=plan.schedule),
+        )
         self.evaluated: list[Evaluated] = []
         self.step = 0
         self.start = time.monotonic()
@@ -269,7 +275,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _join(command) -> str:
-    return ' '.join(str(part) for part in command)
+    return shlex.join(str(part) for part in command)
 
 
 def main() -> None:
@@ -280,10 +286,12 @@ def main() -> None:
         'gabfusion_demo', log_file=str(work_dir / 'demo.log')
     )
     plan = DemoPlan(work_dir, model=args.model, schedule=args.schedule)
-    pipeline = Pipeline(plan, logger)
+    # SIGTERM unwinds like Ctrl-C, so the running stage is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        pipeline = Pipeline(plan, logger)
         pipeline.run()
-    except (RuntimeError, FileNotFoundError) as error:
+    except (RuntimeError, ValueError, FileNotFoundError) as error:
         logger.error(str(error))
         sys.exit(1)
     tables = pipeline.report()

@@ -50,11 +50,7 @@ _SMOKE_DATA = (
 # COCO evaluation has detections to score.
 SMOKE_OPTIONS = {
     'float': (*_SMOKE_DATA, 'model.test_cfg.score_thr=0.0'),
-    'qat': (
-        *_SMOKE_DATA,
-        'model.architecture.test_cfg.score_thr=0.0',
-        'model.quantizer.use_compile=False',
-    ),
+    'qat': (*_SMOKE_DATA, 'model.architecture.test_cfg.score_thr=0.0'),
 }
 SEED_OPTIONS = ('randomness.seed=0',)
 

@@ -11,6 +11,7 @@ included.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -54,11 +55,21 @@ class StageRunner:
         repo_root (Path): Folder the commands run from.
     """
 
-    def __init__(self, root: Path, repo_root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        repo_root: Path,
+        plan: dict | None = None,
+        heartbeat: float = 10.0,
+    ) -> None:
         self.root = Path(root)
         self.repo_root = Path(repo_root)
+        self.heartbeat = heartbeat
         self.marker_dir = self.root / 'stages'
         self.marker_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_work_dir(self.marker_dir / '.lock', self.root)
+        if plan is not None:
+            _check_plan(self.marker_dir / 'plan.json', plan, self.root)
 
     def marker(self, stage: Stage) -> Path:
         return self.marker_dir / f'{stage.name}.json'
@@ -81,14 +92,14 @@ class StageRunner:
             logger='current',
         )
         partial = self.marker_dir / f'{stage.name}.partial'
-        with _ElapsedClock(partial) as clock:
+        with _ElapsedClock(partial, self.heartbeat) as clock:
             self._stream(stage, log_file)
         elapsed = clock.total()
-        partial.unlink(missing_ok=True)
 
         result = stage.after() if stage.after is not None else {}
         result['seconds'] = round(elapsed, 1)
         atomic_write_bytes(json.dumps(result, indent=2).encode(), str(marker))
+        partial.unlink(missing_ok=True)
         stage.result = result
         print_log(
             f'[{stage.name}] done in {elapsed / 60:.1f} min', logger='current'
@@ -102,6 +113,8 @@ class StageRunner:
             [str(self.repo_root), env.get('PYTHONPATH', '')]
         )
         with open(log_file, 'a', encoding='utf-8') as log:
+            # The child inherits the work-dir lock, so a child left running
+            # by a killed pipeline still blocks a second pipeline.
             proc = subprocess.Popen(
                 [str(c) for c in stage.command],
                 cwd=self.repo_root,
@@ -110,19 +123,73 @@ class StageRunner:
                 stderr=subprocess.STDOUT,
                 text=True,
                 bufsize=1,
+                pass_fds=(self._lock.fileno(),),
             )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if _worth_echoing(line):
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-            code = proc.wait()
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    if _worth_echoing(line):
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                code = proc.wait()
+            finally:
+                _stop(proc)
         if code != 0:
             raise RuntimeError(
                 f'stage {stage.name} failed with exit code {code}; see '
-                f'{log_file}. Rerunning resumes from this stage.'
+                f'{log_file}. Fix the cause shown there and rerun: finished '
+                f'stages are skipped and training resumes from its last '
+                f'checkpoint.'
             )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate ``proc`` if it still runs (the pipeline was interrupted)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _lock_work_dir(path: Path, work_dir: Path):
+    """Hold an exclusive lock on ``path`` for the life of the process.
+
+    Raises:
+        RuntimeError: Another pipeline (or a stage it left running) uses
+            ``work_dir``.
+    """
+    handle = open(path, 'a')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(
+            f'{work_dir} is in use by another pipeline run or by a stage it '
+            f'left running; wait for it to end, or stop it, then rerun'
+        ) from None
+    return handle
+
+
+def _check_plan(path: Path, plan: dict, work_dir: Path) -> None:
+    """Record ``plan`` on the first run; reject a different one later.
+
+    Raises:
+        ValueError: ``work_dir`` holds stages of a different plan.
+    """
+    if not path.is_file():
+        atomic_write_bytes(json.dumps(plan, indent=2).encode(), str(path))
+        return
+    recorded = json.loads(path.read_text())
+    if recorded != plan:
+        raise ValueError(
+            f'{work_dir} holds a run made with {recorded}, not {plan}; pass '
+            f'another work directory or delete this one'
+        )
 
 
 class _ElapsedClock:
