@@ -28,6 +28,9 @@ class ResultRow:
             same model in PyTorch (ONNX row only).
         train_minutes (float | None): Wall time of the model's training.
         command (str): The evaluation command.
+        no_detections (bool): The model kept no box above the score
+            threshold, so COCO evaluation returned no metrics; mAP and
+            mAP50 are then 0.
     """
 
     model: str
@@ -39,6 +42,7 @@ class ResultRow:
     onnx_drop: float | None
     train_minutes: float | None
     command: str
+    no_detections: bool = False
 
 
 @dataclass
@@ -72,20 +76,25 @@ def build_rows(evaluated: list[Evaluated]) -> list[ResultRow]:
             ResultRow(
                 model=entry.model,
                 protocol=entry.protocol,
-                mAP=entry.metrics['coco/bbox_mAP'],
+                mAP=_map(entry),
                 mAP50=map50,
                 gap_to_float=map50 - _map50(floats[entry.protocol]),
                 fold_drop=_drop(by_key, entry, entry.fold_of),
                 onnx_drop=_drop(by_key, entry, entry.onnx_of),
                 train_minutes=None if train is None else train / 60,
                 command=entry.command,
+                no_detections='coco/bbox_mAP_50' not in entry.metrics,
             )
         )
     return rows
 
 
 def _map50(entry: Evaluated) -> float:
-    return entry.metrics['coco/bbox_mAP_50']
+    return entry.metrics.get('coco/bbox_mAP_50', 0.0)
+
+
+def _map(entry: Evaluated) -> float:
+    return entry.metrics.get('coco/bbox_mAP', 0.0)
 
 
 def _drop(by_key: dict, entry: Evaluated, reference: str | None):
@@ -116,8 +125,11 @@ def format_tables(rows: list[ResultRow], titles: dict[str, str]) -> str:
             if row.protocol != protocol:
                 continue
             minutes = _cell(row.train_minutes, digits=1)
+            model = row.model + (
+                ' (no detections)' if row.no_detections else ''
+            )
             parts.append(
-                f'| {row.model} | {row.mAP:.4f} | {row.mAP50:.4f} | '
+                f'| {model} | {row.mAP:.4f} | {row.mAP50:.4f} | '
                 f'{_cell(row.gap_to_float, True)} | '
                 f'{_cell(row.fold_drop, True)} | '
                 f'{_cell(row.onnx_drop, True)} | {minutes} |'

@@ -105,3 +105,17 @@ def test_plots_are_written(tmp_path):
     assert names == ['ada_loss.png', 'gabfusion_alpha.png', 'loss_curves.png']
     for path in written:
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_model_without_detections_scores_zero():
+    evaluated = [
+        Evaluated('float', 'fit', _metrics(0.40), 'cmd'),
+        Evaluated('folded', 'fit', {'onnx': 'model.onnx'}, 'cmd'),
+    ]
+    row = build_rows(evaluated)[1]
+    assert row.no_detections
+    assert row.mAP50 == 0.0
+    assert row.gap_to_float == pytest.approx(-0.40)
+    assert '| folded (no detections) | 0.0000 |' in format_tables(
+        build_rows(evaluated), {'fit': 'Fit'}
+    )
