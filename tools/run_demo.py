@@ -197,21 +197,39 @@ class Pipeline:
         )
 
         self.announce('ONNX export (QDQ, INT4) and onnxruntime evaluation')
-        onnx_file = plan.dir('onnx') / 'model.onnx'
-        tuned_ckpt = last_checkpoint(plan.dir('finetune'))
-        self.runner.run(export_stage(plan, tuned_ckpt))
+        self.deploy_onnx(
+            'onnx',
+            configs['finetune'],
+            last_checkpoint(plan.dir('finetune')),
+            tuned_name,
+        )
+        # The baseline arm too, so the ONNX check also covers a model that
+        # was never folded.
+        self.deploy_onnx(
+            'onnx_qat',
+            configs['qat'],
+            last_checkpoint(plan.dir('qat')),
+            f'{tag} W4A4 LSQ QAT',
+        )
+
+    def deploy_onnx(
+        self, name: str, config: str, checkpoint: Path, source: str
+    ) -> None:
+        """Export ``checkpoint`` and evaluate the ONNX model on both
+        protocols."""
+        plan = self.plan
+        self.runner.run(export_stage(plan, name, config, checkpoint))
+        onnx_file = plan.dir(name) / 'model.onnx'
         for protocol in PROTOCOLS:
-            stage = onnx_test_stage(
-                plan, protocol, configs['finetune'], onnx_file
-            )
+            stage = onnx_test_stage(plan, name, protocol, config, onnx_file)
             metrics = self.runner.run(stage)
             self.evaluated.append(
                 Evaluated(
-                    f'{tuned_name}, ONNX Runtime',
+                    f'{source}, ONNX Runtime',
                     protocol,
                     metrics,
                     _join(stage.command),
-                    onnx_of=tuned_name,
+                    onnx_of=source,
                 )
             )
 
@@ -230,7 +248,11 @@ class Pipeline:
         plots = write_plots(plan.work_dir, arms, plan.dir('gabfusion_ada'))
         fold = _read_json(plan.dir('folded') / 'fold_report.json')
         export = _read_json(plan.dir('onnx') / 'model_export.json')
-        tables += deploy_notes(fold, export)
+        export_qat = _read_json(plan.dir('onnx_qat') / 'model_export.json')
+        tables += deploy_notes(
+            fold,
+            {'folded + fine-tune': export, 'W4A4 LSQ QAT': export_qat},
+        )
         write_results(
             plan.work_dir,
             rows,
@@ -242,13 +264,14 @@ class Pipeline:
                 plots=[str(p) for p in plots],
                 fold={k: v for k, v in fold.items() if k != 'consumers'},
                 onnx_export=export,
+                onnx_export_baseline=export_qat,
             ),
         )
         return tables
 
 
-def deploy_notes(fold: dict, export: dict) -> str:
-    """Markdown lines on the fold's output error and the ONNX check."""
+def deploy_notes(fold: dict, exports: dict[str, dict]) -> str:
+    """Markdown lines on the fold's output error and the ONNX checks."""
     lines = []
     if fold:
         lines.append(
@@ -258,14 +281,16 @@ def deploy_notes(fold: dict, export: dict) -> str:
             f'({fold["relative_error_without_recalibration"]:.4f} without) '
             f'on {fold["calib_batches"]} training batches.'
         )
-    if export:
+    for model, export in exports.items():
+        if not export:
+            continue
         lines.append(
-            f'ONNX: opset {export["opset"]}, '
+            f'ONNX of {model}: opset {export["opset"]}, '
             f'{export["num_quantize_linear"]} QuantizeLinear and '
             f'{export["num_dequantize_linear"]} DequantizeLinear nodes for '
             f'{export["num_fake_quants"]} fake quantizers; largest head '
-            f'output difference to PyTorch {export["max_abs_diff"]:.3g}; '
-            f'check {"passed" if export["passed"] else "failed"}.'
+            f'output difference to PyTorch {export["max_abs_diff"]:.3g} '
+            f'(teacher forced: {export["forced_max_abs_diff"]:.3g}).'
         )
     return '\n\n'.join(lines) + '\n' if lines else ''
 

@@ -174,10 +174,10 @@ def test_stage(
 
 
 def onnx_test_stage(
-    plan: DemoPlan, protocol: str, config: str, onnx_file: Path
+    plan: DemoPlan, name: str, protocol: str, config: str, onnx_file: Path
 ) -> Stage:
     """Stage running ``tools/deploy/test_onnx.py`` on one protocol."""
-    out_dir = plan.dir('onnx') / f'test_{protocol}'
+    out_dir = plan.dir(name) / f'test_{protocol}'
     options = [*plan.qat_options(), *PROTOCOLS[protocol][1]]
     command = [
         plan.python,
@@ -189,7 +189,7 @@ def onnx_test_stage(
         *_cfg_options(options),
     ]
     return Stage(
-        f'onnx_test_{protocol}',
+        f'{name}_test_{protocol}',
         command,
         out_dir,
         after=lambda: read_test_metrics(out_dir),
@@ -215,16 +215,18 @@ def fold_stage(plan: DemoPlan, checkpoint: Path) -> Stage:
     return Stage('fold', command, out_dir)
 
 
-def export_stage(plan: DemoPlan, checkpoint: Path) -> Stage:
-    """Stage exporting the fine-tuned folded student to QDQ ONNX."""
-    out_dir = plan.dir('onnx')
+def export_stage(
+    plan: DemoPlan, name: str, config: str, checkpoint: Path
+) -> Stage:
+    """Stage exporting a QAT checkpoint to QDQ ONNX in ``name/model.onnx``."""
+    out_dir = plan.dir(name)
     command = [
         plan.python,
         'tools/deploy/export_onnx.py',
-        plan.configs['finetune'],
+        config,
         checkpoint,
         '--out',
         out_dir / 'model.onnx',
         *_cfg_options(plan.qat_options()),
     ]
-    return Stage('onnx_export', command, out_dir)
+    return Stage(f'{name}_export', command, out_dir)

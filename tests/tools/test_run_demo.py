@@ -15,6 +15,7 @@ MODELS = (
     'YOLOX-nano W4A4 LSQ QAT + GABFusion + ADA, folded + fine-tune',
     'YOLOX-nano W4A4 LSQ QAT + GABFusion + ADA, folded + fine-tune, '
     'ONNX Runtime',
+    'YOLOX-nano W4A4 LSQ QAT, ONNX Runtime',
 )
 
 
@@ -24,7 +25,7 @@ def _test_json(proc_dir) -> dict:
 
 
 @requires_coco128()
-def test_pipeline_runs_resumes_and_reproduces(tmp_path, run_tool):
+def test_pipeline_runs_skips_and_reproduces(tmp_path, run_tool):
     work_dir = tmp_path / 'demo'
     args = ('--work-dir', str(work_dir), '--schedule', 'smoke')
     first = run_tool('tools/run_demo.py', *args, timeout=1500)
@@ -32,13 +33,16 @@ def test_pipeline_runs_resumes_and_reproduces(tmp_path, run_tool):
     results = json.loads((work_dir / 'results.json').read_text())
     rows = results['rows']
     assert [(r['model'], r['protocol']) for r in rows] == [
-        (model, protocol) for model in MODELS for protocol in ('heldout', 'fit')
+        (model, protocol)
+        for model in MODELS
+        for protocol in ('heldout', 'fit')
     ]
     by_model = {(r['model'], r['protocol']): r for r in rows}
     for protocol in ('heldout', 'fit'):
         assert by_model[(MODELS[0], protocol)]['gap_to_float'] == 0.0
         assert by_model[(MODELS[3], protocol)]['fold_drop'] is not None
         assert by_model[(MODELS[5], protocol)]['onnx_drop'] is not None
+        assert by_model[(MODELS[6], protocol)]['onnx_drop'] is not None
         assert by_model[(MODELS[1], protocol)]['train_minutes'] > 0
     assert '### fit (train2017 -> train2017)' in first.stdout
     assert (work_dir / 'results.md').read_text().strip() in first.stdout
@@ -50,13 +54,13 @@ def test_pipeline_runs_resumes_and_reproduces(tmp_path, run_tool):
         'gabfusion_grad_ratio.png',
         'ada_loss.png',
     } <= plots
-    onnx = work_dir / 'onnx' / 'model.onnx'
-    assert onnx.stat().st_size > 0
+    for name in ('onnx', 'onnx_qat'):
+        assert (work_dir / name / 'model.onnx').stat().st_size > 0
 
     # A second run finds every stage finished and trains nothing.
     second = run_tool('tools/run_demo.py', *args, timeout=300)
     assert 'running:' not in second.stdout
-    assert second.stdout.count('finished earlier, skipped') == 18
+    assert second.stdout.count('finished earlier, skipped') == 21
     assert json.loads((work_dir / 'results.json').read_text()) == results
 
     # The stored command of a QAT evaluation reproduces its numbers.
