@@ -54,8 +54,10 @@ def parse_args() -> argparse.Namespace:
 
 def read_stage_seconds(work_dir: Path) -> dict[str, float]:
     """Return the wall time of every finished stage, in marker order."""
+    # plan.json records the model and schedule, not a stage.
     markers = sorted(
-        (work_dir / 'stages').glob('*.json'), key=lambda p: p.stat().st_mtime
+        (p for p in (work_dir / 'stages').glob('*.json') if p.stem != 'plan'),
+        key=lambda p: p.stat().st_mtime,
     )
     if not markers:
         raise FileNotFoundError(

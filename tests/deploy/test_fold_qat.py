@@ -530,7 +530,7 @@ def test_recalibration_removes_most_fold_error():
     )
 
 
-def test_warns_when_affine_fit_explodes_weight_steps():
+def test_dead_channel_keeps_weight_steps_bounded():
     torch.manual_seed(0)
     block = QuantFusionBlock()
     randomize_fusions(block, 1)
@@ -550,14 +550,17 @@ def test_warns_when_affine_fit_explodes_weight_steps():
     logger = MMLogger.get_current_instance()
     logger.addHandler(handler)
     try:
-        fold_quantized_gabfusion(block, batches)
+        result = fold_quantized_gabfusion(block, batches)
     finally:
         logger.removeHandler(handler)
 
+    # The dead channel gets a zero slope in the affine fit, so no consumer's
+    # weight step grows enough to trigger the warning.
     messages = [
         r.getMessage() for r in records if r.levelno == logging.WARNING
     ]
-    assert any('block.main_conv.conv grew' in m for m in messages)
+    assert not any('grew' in m for m in messages)
+    assert result.relative_error < 1.0
 
 
 def test_model_without_fusion_left_unchanged():
