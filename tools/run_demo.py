@@ -131,8 +131,8 @@ class Pipeline:
         tag = f'YOLOX-{plan.model}'
 
         self.announce('float training and evaluation')
-        seconds = self.train('float', configs['float'], plan.options('float'))
         float_opts = plan.options('float')
+        seconds = self.train('float', configs['float'], float_opts)
         self.evaluate(
             f'{tag} float',
             'float',

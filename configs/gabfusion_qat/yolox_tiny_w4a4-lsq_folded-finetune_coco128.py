@@ -1,6 +1,6 @@
 # Short fine-tune after the GABFusion fold (YOLOX-tiny, W4A4 LSQ). The fold
 # leaves the stock YOLOXPAFPN, so the folded student has exactly the
-# baseline arm's architecture; this config trains it with the task loss
+# baseline arm's architecture. This config trains it with the task loss
 # only, Adam at lr 2e-5 (the deployment recipe of Wang and Wang, arXiv
 # 2511.05898). Set load_from to the checkpoint written by
 # tools/deploy/fold_gabfusion.py:

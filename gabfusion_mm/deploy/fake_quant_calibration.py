@@ -89,7 +89,7 @@ def recalibrate_fake_quant(
         multipliers (Sequence[float]): Candidate step multipliers.
             Defaults to :data:`STEP_MULTIPLIERS`.
         max_search_values (int): A per-tensor quantizer's grid search
-            sees every ``k``-th value of ``x``, with ``k`` the smallest
+            uses every ``k``-th value of ``x``, with ``k`` the smallest
             stride that leaves at most this many values. Initialization and
             the reported errors use all of ``x``. Defaults to
             :data:`SEARCH_VALUES`.

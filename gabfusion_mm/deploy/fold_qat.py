@@ -117,7 +117,7 @@ def fold_quantized_gabfusion(
        convolution with :func:`recalibrate_fake_quant`. The weight
        quantizer gets what ``QuantConv2d.quantized_weight`` passes to it
        (the new weight, times ``gamma / sigma`` of a folded batch norm). The
-       input quantizer sees the convolution's inputs on all calibration
+       input quantizer receives the convolution's inputs on all calibration
        batches, with every other quantizer active. With
        ``sequential=True`` the nodes are handled in execution order, so
        each node's consumers see the inputs that the re-calibrated

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def read_scalar_records(work_dir: Path) -> list[dict]:
     """Return the training records of every run's ``vis_data/scalars.json``.
 
-    A resumed training writes one timestamped folder per run; the records
+    A resumed training writes one timestamped folder per run. The records
     are read in run order and merged per step, so a step logged twice keeps
     its last values. Validation records (keyed by epoch, with metric names
     such as ``coco/bbox_mAP``) are left out.

@@ -111,7 +111,7 @@ def _cell(value: float | None, signed: bool = False, digits: int = 4) -> str:
 
 
 def format_tables(rows: list[ResultRow], titles: dict[str, str]) -> str:
-    """One Markdown table per protocol, in the order of ``titles``."""
+    """Format one Markdown table per protocol, in the order of ``titles``."""
     parts = []
     for protocol, title in titles.items():
         parts += [

@@ -179,7 +179,7 @@ def _check_plan(path: Path, plan: dict, work_dir: Path) -> None:
     """Record ``plan`` on the first run; reject a different one later.
 
     Raises:
-        ValueError: ``work_dir`` holds stages of a different plan.
+        ValueError: ``work_dir`` contains stages of a different plan.
     """
     if not path.is_file():
         atomic_write_bytes(json.dumps(plan, indent=2).encode(), str(path))
@@ -187,8 +187,8 @@ def _check_plan(path: Path, plan: dict, work_dir: Path) -> None:
     recorded = json.loads(path.read_text())
     if recorded != plan:
         raise ValueError(
-            f'{work_dir} holds a run made with {recorded}, not {plan}; pass '
-            f'another work directory or delete this one'
+            f'{work_dir} contains a run made with {recorded}, not {plan}. '
+            f'Pass another work directory or delete this one.'
         )
 
 
